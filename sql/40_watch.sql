@@ -182,6 +182,9 @@ $$;
 CREATE FUNCTION embeddings_internal.watch_key(source regclass, key name[],
                                      OUT key_names name[], OUT key_regtypes regtype[], OUT key_nums smallint[])
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    unique_now boolean;  -- a unique index of the key's columns, checked at once
+    deferrable_name name;  -- a DEFERRABLE constraint's, when that is all there is
 BEGIN
     IF key IS NULL THEN
         SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
@@ -214,17 +217,6 @@ BEGIN
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Make the key columns NOT NULL.';
         END IF;
-        IF NOT EXISTS (
-            SELECT FROM pg_index i
-            WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-              AND i.indimmediate AND i.indnkeyatts = cardinality(key_nums)
-              AND (SELECT array_agg(x ORDER BY x) FROM unnest(i.indkey[0:i.indnkeyatts - 1]) AS x)
-                  = (SELECT array_agg(x ORDER BY x) FROM unnest(key_nums) AS x)
-        ) THEN
-            RAISE EXCEPTION 'key (%) of % is not unique', array_to_string(key, ', '), source
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = format('Add one: ALTER TABLE %s ADD UNIQUE (%s).', source, array_to_string(key, ', '));
-        END IF;
     END IF;
     -- Keys are compared and ordered only with their type's default btree operator class (an
     -- operator found by name could be the table owner's), and travel as text from the writer's
@@ -232,13 +224,42 @@ BEGIN
     FOR i IN 1 .. cardinality(key_regtypes) LOOP
         IF embeddings_internal.key_type_problem(key_regtypes[i]) IS NOT NULL THEN
             RAISE EXCEPTION 'key column %.% has type %, %', source, key_names[i],
-                    (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                    (SELECT format_type(a.atttypid, a.atttypmod)
+                            || CASE WHEN ty.typtype = 'd' THEN format(' (a domain over %s)', format_type(ty.typbasetype, ty.typtypmod)) ELSE '' END
+                     FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
                      WHERE a.attrelid = source AND a.attnum = key_nums[i]),
                     embeddings_internal.key_type_problem(key_regtypes[i])
                 USING ERRCODE = 'feature_not_supported',
                       HINT = 'Name another unique, not-null key with key => array[...] (a column of a type such as bigint, text, uuid, numeric, a date or timestamp), or add one.';
         END IF;
     END LOOP;
+    -- Unique at every moment: a constraint's index, of the columns alone. (After the types: a
+    -- type without a default btree class cannot have the constraint that hint would add.) A
+    -- DEFERRABLE one is checked when it fires (at COMMIT when deferred): until then two rows may
+    -- share a key, which the worker reads and writes rows by.
+    IF key IS NOT NULL THEN
+        SELECT bool_or(i.indimmediate), min(c.conname) FILTER (WHERE NOT i.indimmediate)
+        INTO unique_now, deferrable_name
+        FROM pg_index i LEFT JOIN pg_constraint c ON c.conindid = i.indexrelid AND c.conrelid = source
+        WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+          AND i.indnkeyatts = cardinality(key_nums)
+          AND (SELECT array_agg(x ORDER BY x) FROM unnest(i.indkey[0:i.indnkeyatts - 1]) AS x)
+              = (SELECT array_agg(x ORDER BY x) FROM unnest(key_nums) AS x);
+        IF NOT coalesce(unique_now, false) AND deferrable_name IS NOT NULL THEN
+            RAISE EXCEPTION 'key (%) of % is unique only by its DEFERRABLE constraint %, which does not count',
+                    array_to_string(key, ', '), source, deferrable_name
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('A deferrable constraint is checked when it fires (at COMMIT when deferred): until then two rows '
+                                    'may share a key, and the worker finds rows by it. Make it not deferrable: ALTER TABLE %1$s '
+                                    'DROP CONSTRAINT %2$I, ADD CONSTRAINT %2$I UNIQUE (%3$s); (or, if the application needs it '
+                                    'deferred, add a second one that is not: ALTER TABLE %1$s ADD UNIQUE (%3$s);).',
+                                    source, deferrable_name, array_to_string(key, ', '));
+        ELSIF NOT coalesce(unique_now, false) THEN
+            RAISE EXCEPTION 'key (%) of % is not unique', array_to_string(key, ', '), source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('Add one: ALTER TABLE %s ADD UNIQUE (%s).', source, array_to_string(key, ', '));
+        END IF;
+    END IF;
 END
 $$;
 

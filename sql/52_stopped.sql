@@ -209,8 +209,18 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
                        embeddings_internal.swap_wait_alarm() AS swap_wait_alarm,
                        embeddings_internal.backfill_stall_alarm() AS backfill_stall_alarm) alarm
     CROSS JOIN LATERAL (
+        -- watch() again only where the reason says it is the fix (a dropped column or function):
+        -- the others (FORCE ROW LEVEL SECURITY, a content column retyped, a store's owner) end
+        -- with the ALTER that mends them. `since`: the registration's last change, which is
+        -- when a problem it records began (a dropped column); one read from the catalog as it
+        -- is now (FORCE ROW LEVEL SECURITY, a retyped content column) began then or later,
+        -- and when is nowhere recorded.
         SELECT 1, 'problem', p.problem,
-               'fix what the reason names, then watch() the table again; its jobs wait meanwhile (held, not failed)',
+               CASE WHEN strpos(p.problem, 'watch the table again') > 0  -- (not offered as another way)
+                         AND strpos(p.problem, ', or watch the table again') = 0
+                    THEN 'fix what the reason names, then watch() the table again; its jobs wait meanwhile (held, not failed)'
+                    ELSE 'fix what the reason names (no watch() needed: the worker resumes once the catalog says it '
+                         'is fixed); its jobs wait meanwhile (held, not failed)' END,
                t.updated_at
         WHERE p.problem IS NOT NULL
         UNION ALL

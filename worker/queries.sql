@@ -991,6 +991,9 @@ SELECT q.name FROM embeddings.queues q WHERE q.live_queue IS NULL ORDER BY q.nam
 -- pg_class by its lane's name (embeddings_internal.lane_table(), pgmq's naming rule), asked only
 -- of a role with USAGE on schema pgmq: one without (the very one doctor must tell to
 -- grant_worker()) could not even name pgmq's function, and doctor ended with no report.
+-- A target without any of its functions gets NULL, not false: nothing to grant. Its problem
+-- dropped them (a content or key column dropped), or says they are missing
+-- (access_problems(), sql/32_access.sql): doctor reports that problem with its own fix.
 WITH functions AS (
     SELECT substring(p.proname FROM '^embeddings_([0-9]+)_')::integer AS target_id,
            bool_and(has_function_privilege(p.oid, 'EXECUTE')) AS can_run
@@ -999,7 +1002,7 @@ WITH functions AS (
       AND p.proname ~ '^embeddings_[0-9]+_(lock|lock_rows|load|store|blank|reusable|chunks)$'
     GROUP BY 1
 )
-SELECT embeddings_internal.target_name(t), t.model, a.atttypmod, coalesce(f.can_run, false),
+SELECT embeddings_internal.target_name(t), t.model, a.atttypmod, f.can_run,
        has_schema_privilege('pgmq', 'USAGE')
            AND coalesce(has_table_privilege(q.oid, 'SELECT, UPDATE, DELETE'), false),
        has_table_privilege('embeddings.failures', 'INSERT')

@@ -439,6 +439,21 @@ def test_doctor_reads_every_target_s_functions_in_one_pass(conn: Conn) -> None:
     assert [can_run for _, _, _, can_run, _, _ in rows] == [True, True, True]
 
 
+def test_doctor_does_not_ask_for_grants_on_functions_a_target_s_problem_dropped(
+    conn: Conn, dsn: str
+) -> None:
+    """With its content column dropped a target's functions go (its problem is reported): doctor
+    asked the superuser running it to grant_worker() itself EXECUTE on functions no longer there."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    stores.watch_with(conn, "docs", model="all-MiniLM-L6-v2")
+    conn.execute("ALTER TABLE docs DROP COLUMN body")
+
+    result = run_cli("doctor", "--database-url", dsn)
+    assert "its content column body was dropped" in result.stdout, result.stderr
+    assert "grants public.docs.embedding" not in result.stdout
+    assert "grant_worker" not in result.stdout
+
+
 def test_doctor_on_an_empty_database_asks_only_for_migrate(empty_dsn: str) -> None:
     """The server offers pgvector and pgmq: `migrate` creates both, so that is the one fix."""
     result = run_cli("doctor", "--database-url", empty_dsn)

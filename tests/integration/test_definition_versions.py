@@ -186,3 +186,24 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
     run_once()
     assert conn.execute(f"SELECT count({vec}) FROM {table}").fetchone() == (len(TEXTS),)
     assert messages(conn) == []
+
+
+def test_a_target_deferred_when_read_and_mended_before_the_write_is_handed_back_not_held(
+    conn: Conn, tiny_models: tuple[str, str], in_flight: InFlight
+) -> None:
+    """QA 5a: a batch read while the content column was jsonb defers its target; the column
+    made text again before the batch was written (its worker busy with other rows), its jobs
+    were still held for a minute, and status said why with the reason already gone. The
+    deferral decided at the read is checked against the definition at the write."""
+    make_docs(conn, tiny_models[0])
+    conn.execute("ALTER TABLE docs ALTER COLUMN body TYPE jsonb USING to_jsonb(body)")
+    with in_flight.read() as (worker_conn, queue, batch):
+        stages.load(worker_conn, batch, in_flight.embedders)
+        assert "has type jsonb" in "".join(batch.deferred.values()), batch.deferred
+        conn.execute("ALTER TABLE docs ALTER COLUMN body TYPE text USING body #>> '{}'")
+        stages.embed(in_flight.embedders, batch)
+        write.write(worker_conn, queue, batch, in_flight.settings)
+
+    assert_handed_back_unspent(conn, [job.msg_id for job in batch.jobs])
+    assert conn.execute("SELECT state FROM embeddings.stopped").fetchall() == []
+    assert batch.deferred == {}  # (nor does its log line say it was deferred)

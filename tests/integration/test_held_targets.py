@@ -9,8 +9,10 @@ from typing import Any
 import psycopg
 
 from tests.integration.conftest import TINY_DIMS
+from tests.support.fetch import fetch_value
 from worker import db, exceptions
 from worker.models.loaded import LoadedModels
+from worker.pipeline import jobs as jobqueue
 from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
 from worker.process import held
@@ -72,3 +74,38 @@ def test_a_change_off_a_model_that_cannot_load_is_served_by_the_new_model_alone(
     assert held.unservable("embedding_jobs", registry, embedders) == {}
     jobs = held.HeldJobs("embedding_jobs", Lanes("embedding_jobs", 64), registry, embedders)
     assert target.id in jobs.servable()
+
+
+def test_jobs_held_for_a_problem_mended_between_two_rounds_are_taken_at_once(
+    conn: Conn, dsn: str, tiny_models: tuple[str, str], embedders: LoadedModels
+) -> None:
+    """QA 5a: the content column jsonb for a moment, a batch held the target's jobs, and the
+    column was text again before the keeper's next round: the keeper, which had never seen the
+    target unservable, left them held for the minute. A target redefined since the last round
+    and servable now has its held jobs taken."""
+    model = tiny_models[0]
+    embedders.get(model)
+    conn.execute(
+        f"CREATE TABLE docs (id int PRIMARY KEY, body text, embedding halfvec({TINY_DIMS}))"
+    )
+    target_id = fetch_value(conn, "SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
+    registry = TargetRegistry()
+    jobs = held.HeldJobs("embedding_jobs", Lanes("embedding_jobs", 64), registry, embedders)
+    queue = jobqueue.Queue("embedding_jobs")
+    with db.connect(dsn) as worker_conn:
+        registry.refresh(worker_conn)
+        jobs.release(worker_conn)  # a round: servable
+
+        conn.execute("ALTER TABLE docs ALTER COLUMN body TYPE jsonb USING to_jsonb(body)")
+        registry.current_definitions(worker_conn)  # as a batch's read
+        msg_id = fetch_value(
+            conn,
+            "SELECT * FROM pgmq.send('embedding_jobs', jsonb_build_object('target', %s::int,"
+            " 'keys', jsonb_build_array(1)))",
+            (target_id,),
+        )
+        queue.defer(worker_conn, {msg_id: target_id}, 60)  # the batch held them
+        conn.execute("ALTER TABLE docs ALTER COLUMN body TYPE text USING body #>> '{}'")
+
+        assert jobs.release(worker_conn) == 1
+        assert jobs.release(worker_conn) == 0  # once

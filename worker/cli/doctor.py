@@ -176,7 +176,8 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
         missing = [
             what
             for what, ok in (
-                ("EXECUTE on the functions of its target", can_run),
+                # (None: it has none, its problem, reported below, says why)
+                ("EXECUTE on the functions of its target", can_run is not False),
                 ("USAGE on schema pgmq and SELECT/UPDATE/DELETE on the queue", can_queue),
                 ("INSERT on embeddings.failures", can_fail),
             )

@@ -87,6 +87,9 @@ class WriteOutcome:
 
     def apply(self, batch: Batch) -> None:
         batch.deferred.update(self.deferred)
+        for target_id in self.outdated:  # handed back, not deferred (write._redefined_deferred)
+            batch.deferred.pop(target_id, None)
+            batch.defer_seconds.pop(target_id, None)
         for key, state in self.states.items():
             row = batch.rows[key]
             row.state = state
@@ -117,14 +120,16 @@ def settle(
                 )
             )
             continue
+        if target.id in outcome.outdated:
+            # not done: redone under the new definition (deferred when read too: what the
+            # deferral was for may be mended by it)
+            out.release.append(job.msg_id)
+            continue
         if target.id in batch.deferred or target.id in outcome.deferred:
             if target.id in batch.defer_seconds and target.id not in outcome.deferred:
                 out.defer_for[job.msg_id] = math.ceil(batch.defer_seconds[target.id])
             else:
                 out.defer.append(job.msg_id)
-            continue
-        if target.id in outcome.outdated:
-            out.release.append(job.msg_id)  # not done: redone under the new definition
             continue
         failed = [
             (key, outcome.error(row) or "failed")

@@ -64,6 +64,11 @@ def write(
             if any(r.state is not RowState.BLOCKED for r in rows)
         }
         outcome.outdated, locked = _lock_targets(conn, groups)
+        redefined = _redefined_deferred(conn, batch)
+        outcome.outdated |= redefined
+        outcome.record(
+            {k: RowState.OUTDATED for k, r in batch.rows.items() if r.target.id in redefined}
+        )
         for target, rows in groups.items():
             if target.id in outcome.outdated:
                 outcome.record({(target.id, r.key): RowState.OUTDATED for r in rows})
@@ -91,7 +96,10 @@ def write(
         queue.send_held(conn, settlement.hold)
         jobqueue.record_failures(conn, queue.home, settlement.dead)
         # Deferral reasons for status; dead letters of rows now written or cleared resolved.
-        noted = dataclasses.replace(batch, deferred={**batch.deferred, **outcome.deferred})
+        deferred = {**batch.deferred, **outcome.deferred}
+        noted = dataclasses.replace(
+            batch, deferred={t: why for t, why in deferred.items() if t not in outcome.outdated}
+        )
         deferrals.record(conn, noted, outcome.state)
         working = time.monotonic() - batch.read_at
         for target_id, count in outcome.written_per_target().items():
@@ -112,6 +120,22 @@ def write(
 # What embeddings_internal.lock_target() returns when another session held the table or registration
 # past the lock timeout (sql/42_definitions.sql).
 HELD = -1
+
+
+def _redefined_deferred(conn: db.Connection, batch: Batch) -> set[int]:
+    """The targets the batch deferred whose definition changed since it was read. A deferral
+    is decided at the read (a content column of a type the worker refuses, say); a worker busy
+    with other rows may write the batch long after, and an ALTER meanwhile may have mended what
+    the deferral was for: their jobs are handed back to be redone at once, not held for a
+    minute for a reason gone (nor is the reason recorded for status). Not locked, as written
+    targets are: nothing of theirs is written, and a redefinition after this read is the
+    keeper's to see (worker/process/held.py)."""
+    if not batch.deferred:
+        return set()
+    read = {j.target.id: j.target.version for j in batch.jobs if j.target is not None}
+    with db.translated():
+        versions = dict(conn.execute(queries.compose("target_versions")).fetchall())
+    return {t for t in batch.deferred if t in read and versions.get(t) != read[t]}
 
 
 def _lock_targets(

@@ -12,7 +12,9 @@ since).
 Every way a target becomes servable counts: its model loading (during a model change, the new
 model too: the change's jobs are held for it), its provider answering, and its
 redefinition (moved to a model the worker has, a model change's swap), which the keeper reads
-while some target is unservable. Only on that change, not while a target stays servable: a
+while some target is unservable; a target redefined since the keeper's last round too (what its
+jobs were held for may have come and gone between two rounds: a content column retyped and
+back). Only on that change, not while a target stays servable: a
 target this worker itself defers for a reason it cannot see beforehand (another producer's
 vectors in the column, say) is not released again and again, and a scan of the queue is not
 paid per batch.
@@ -119,7 +121,9 @@ class HeldJobs:
         self.lanes = lanes
         self.registry = registry
         self.embedders = embedders
-        self._servable: set[int] = set()  # as last checked: nothing, before the first check
+        # as last checked, with the definition version each was servable under: nothing,
+        # before the first check
+        self._servable: dict[int, int] = {}
         self._noted: dict[int, str] = {}  # the reasons last recorded (note_reasons)
 
     def servable(self, reasons: dict[int, str] | None = None) -> dict[int, Target]:
@@ -162,12 +166,16 @@ class HeldJobs:
                 self.registry.current(conn)
         reasons = self.reasons()  # (as the definitions are now)
         servable = self.servable(reasons)
-        became = set(servable) - self._servable
+        # Redefined since the last round counts as became: a problem of its definition (its
+        # content column jsonb for a moment) may have come and gone between two rounds while a
+        # batch held its jobs, and this round never saw it unservable.
+        became = {t for t, target in servable.items() if self._servable.get(t) != target.version}
         released = 0
         for lane in self.lanes:
             if became:
                 released += lane.queue.release_held(conn, became)
-        self._servable = set(servable)  # (after the release: a failed one is tried again)
+        # (after the release: a failed one is tried again)
+        self._servable = {t: target.version for t, target in servable.items()}
         if released:
             names = ", ".join(sorted(servable[t].name for t in became))
             logger.info("took %d held job(s) of %s: servable by this worker now", released, names)
