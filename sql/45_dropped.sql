@@ -160,10 +160,15 @@ BEGIN
        IS DISTINCT FROM (before.key_columns, before.key_types, before.content_column, before.embedding_column, before.problem) THEN
         UPDATE embeddings.targets tg SET updated_at = now() WHERE tg.id = target_id;
     END IF;
-    -- A new version after every ALTER of the table: a batch read under the old names (of the
-    -- table itself too, which the registration does not store) is handed back, not failed.
-    -- The write transaction's table lock orders it before or after this one, never between.
-    UPDATE embeddings.targets tg SET version = tg.version + 1 WHERE tg.id = target_id;
+    -- A new version when what a batch read under the old one depends on changed (its names, the
+    -- table's too, which the registration does not store; types; owner: definition_digest()):
+    -- such a batch is handed back, not failed. A change that leaves it alone (a partition
+    -- made, a storage parameter) keeps the version: the batches in flight are written, and
+    -- repeated ones never starve the target. The write transaction's table lock orders this
+    -- before or after a write, never between.
+    UPDATE embeddings.targets tg SET version = tg.version + 1, definition_digest = d.digest
+    FROM (SELECT embeddings_internal.definition_digest(t) AS digest) d
+    WHERE tg.id = target_id AND tg.definition_digest IS DISTINCT FROM d.digest;
 END
 $$;
 
