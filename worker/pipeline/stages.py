@@ -318,6 +318,15 @@ def log_batch(batch: Batch) -> None:
     for job in batch.jobs:
         if job.error:
             logger.warning("job %d dead-lettered: %s", job.msg_id, job.error)
+        if job.retyped_keys and job.target is not None:
+            logger.info(
+                "target=%s: job %d had %d key(s) queued before the key was retyped, not of its"
+                " type now (%s): acknowledged; the retype's backfill queues their rows again",
+                job.target.name,
+                job.msg_id,
+                len(job.retyped_keys),
+                job.retyped_keys[0][1],
+            )
 
 
 def _log_failed(row: Row) -> None:
