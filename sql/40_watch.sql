@@ -736,6 +736,8 @@ BEGIN
     PERFORM embeddings_internal.drop_triggers(t);
     PERFORM embeddings_internal.install_triggers(t);
     PERFORM embeddings_internal.grant_worker_target(r.role_name, t) FROM embeddings_internal.worker_role_names() AS r(role_name);
+    -- (what the version given now guards: a schema change that leaves it alone keeps it)
+    UPDATE embeddings.targets tg SET definition_digest = embeddings_internal.definition_digest(t) WHERE tg.id = t.id;
 END
 $$;
 

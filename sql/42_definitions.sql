@@ -42,6 +42,33 @@ EXCEPTION WHEN lock_not_available OR query_canceled THEN
 END
 $$;
 
+-- What a batch read under target t's definition depends on, as the catalog says now, digested:
+-- the names (schema too) and owner of its table and of its store table, the names and types of
+-- its key, content and embedding columns (a store apart: all its columns), its content function's
+-- name, schema, owner and volatility, and why it cannot be served. A schema change that leaves it
+-- alone (a partition created, attached or detached, a storage parameter, a statistics target, a
+-- column added) needs no new definition version: the batches in flight are written
+-- (refresh_target, sql/45_dropped.sql). plpgsql: target_problem() is made later (52_stopped.sql).
+CREATE FUNCTION embeddings_internal.definition_digest(t embeddings.targets) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN md5(concat_ws(E'\n',
+        (SELECT string_agg(format('%I.%I %s', n.nspname, c.relname, c.relowner), ' ' ORDER BY c.oid = t.source DESC)
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid IN (t.source, t.store_table)),
+        (SELECT string_agg(format('%s %I %s %s', a.attrelid = t.store_table, a.attname, a.atttypid, a.atttypmod), ','
+                           ORDER BY a.attrelid = t.store_table, a.attnum)
+         FROM pg_attribute a
+         WHERE NOT a.attisdropped AND a.attnum > 0
+           AND ((a.attrelid = t.source AND (a.attnum = ANY (t.key_attnums) OR a.attnum = t.content_attnum
+                                           OR a.attnum = t.embedding_attnum))
+                OR (a.attrelid = t.store_table AND t.store_table <> t.source))),
+        (SELECT format('%I.%I %s %s', n.nspname, p.proname, p.proowner, p.provolatile)
+         FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE p.oid = t.content_function),
+        embeddings_internal.target_problem(t)));
+END
+$$;
+
 -- Refuses a content function that cannot be trusted to run with the table owner's rights (as
 -- it does: sql/32_access.sql): one whose owner is neither the table's owner nor a superuser
 -- (anyone who owns it can redefine it later), and a VOLATILE one (its result can change between loading the

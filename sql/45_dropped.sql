@@ -71,6 +71,29 @@ BEGIN
 END
 $$;
 
+-- Target t's key retyped (ALTER COLUMN ... TYPE ... USING): the keys queued before it are of the
+-- old type, and may name no row now (0.4762 where an int is wanted; the row is 0 now). They are
+-- marked `key_retyped`: a worker acknowledges such a key that is not of the key's type, where it
+-- dead-letters one sent so by hand (worker/pipeline/messages.py). The rows without vectors are
+-- queued again under their new keys by a backfill (62_backfill.sql); the triggers' inbox is
+-- moved first, so that its keys are marked too.
+CREATE FUNCTION embeddings_internal.follow_key_retype(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
+DECLARE
+    lane text;
+BEGIN
+    PERFORM embeddings_internal.move_inbox(t.queue);
+    FOREACH lane IN ARRAY ARRAY['live', 'backfill'] LOOP
+        IF to_regclass(format('pgmq.%I', embeddings_internal.lane_table(t.queue, lane))) IS NOT NULL THEN
+            EXECUTE format('UPDATE pgmq.%I SET message = message || ''{"key_retyped": true}''::jsonb'
+                           ' WHERE message @> jsonb_build_object(''target'', $1)',
+                           embeddings_internal.lane_table(t.queue, lane)) USING t.id;
+        END IF;
+    END LOOP;
+    PERFORM embeddings_internal.start_backfill(t, false);
+END
+$$;
+
 -- Schema changes of watched tables: renames and retypes of the table's key (a chunked target's
 -- chunk table's key columns follow, a side table's too), content or embedding column, a rename or move
 -- of its side or chunk table, a move to another schema, a
@@ -135,6 +158,9 @@ BEGIN
         WHERE tg.id = target_id
         RETURNING tg.* INTO t;
     END IF;
+    IF t.problem IS NULL AND before.problem IS NULL AND t.key_types IS DISTINCT FROM before.key_types THEN
+        PERFORM embeddings_internal.follow_key_retype(t);
+    END IF;
     IF t.problem IS NOT NULL AND t.problem IS DISTINCT FROM before.problem THEN
         RAISE WARNING 'embeddings: % is no longer embedded: %', embeddings_internal.target_name(t), t.problem;
     END IF;
@@ -160,10 +186,15 @@ BEGIN
        IS DISTINCT FROM (before.key_columns, before.key_types, before.content_column, before.embedding_column, before.problem) THEN
         UPDATE embeddings.targets tg SET updated_at = now() WHERE tg.id = target_id;
     END IF;
-    -- A new version after every ALTER of the table: a batch read under the old names (of the
-    -- table itself too, which the registration does not store) is handed back, not failed.
-    -- The write transaction's table lock orders it before or after this one, never between.
-    UPDATE embeddings.targets tg SET version = tg.version + 1 WHERE tg.id = target_id;
+    -- A new version when what a batch read under the old one depends on changed (its names, the
+    -- table's too, which the registration does not store; types; owner: definition_digest()):
+    -- such a batch is handed back, not failed. A change that leaves it alone (a partition
+    -- made, a storage parameter) keeps the version: the batches in flight are written, and
+    -- repeated ones never starve the target. The write transaction's table lock orders this
+    -- before or after a write, never between.
+    UPDATE embeddings.targets tg SET version = tg.version + 1, definition_digest = d.digest
+    FROM (SELECT embeddings_internal.definition_digest(t) AS digest) d
+    WHERE tg.id = target_id AND tg.definition_digest IS DISTINCT FROM d.digest;
 END
 $$;
 

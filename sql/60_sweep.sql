@@ -124,7 +124,7 @@ BEGIN
     ON CONFLICT (target_id) DO UPDATE SET failures_after = excluded.failures_after;
     -- Said as sweep()'s skipped steps are (its WARNINGs): sweep() returns the rows it queued.
     IF resolved > 0 OR more THEN
-        RAISE NOTICE '%', format('embeddings.sweep(): resolved %s dead letter(s) of deleted rows of %s%s',
+        RAISE NOTICE '%', format('embeddings.sweep(): resolved %s dead letter(s) whose key names no row of %s now (deleted, or its key changed)%s',
             resolved, embeddings_internal.target_name(t),
             CASE WHEN more THEN format('; more are left to look at: the next sweep takes the next %s', max_rows) ELSE '' END);
     END IF;

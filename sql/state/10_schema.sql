@@ -198,6 +198,9 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     -- dropped once no supported release reads them (CHANGELOG.md).
     chunk_table      regclass GENERATED ALWAYS AS (CASE WHEN store_kind = 'chunks' THEN store_table END) STORED,
     side_table       regclass GENERATED ALWAYS AS (CASE WHEN store_kind = 'side' THEN store_table END) STORED,
+    -- What a batch read under `version` depends on, digested when it was last given (watch(), a
+    -- schema change that changed it: embeddings_internal.definition_digest()); NULL: not yet.
+    definition_digest text,
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );

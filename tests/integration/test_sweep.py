@@ -124,7 +124,10 @@ def test_a_sweep_says_how_many_dead_letters_it_resolved_and_whether_more_are_lef
         (docs, docs),
     )
     dead_letters(conn, [3], target_id=docs)  # a row there: kept
-    said = "embeddings.sweep(): resolved {} dead letter(s) of deleted rows of public.docs.embedding"
+    said = (
+        "embeddings.sweep(): resolved {} dead letter(s) whose key names no row of"
+        " public.docs.embedding now (deleted, or its key changed)"
+    )
     more = "; more are left to look at: the next sweep takes the next 10"
 
     assert sweep_says(conn, max_rows=10) == [said.format(10) + more]

@@ -45,7 +45,8 @@ JOBS = Counter(
     "embed_worker_jobs",
     "Jobs (queue messages) finished by this worker, by outcome: done, retried, dead "
     "(dead-lettered), deferred (target not servable now; put back without an attempt), "
-    "released (handed back at shutdown)",
+    "released (handed back without spending an attempt: at shutdown, or read under a definition "
+    "of its target that a rename, retype or watch() replaced since, redone at once)",
     ["outcome"],
     registry=REGISTRY,
 )

@@ -49,6 +49,11 @@ class Job:
     # A long document's next piece (worker/pipeline/pieces.py): where its chain left the
     # document's recorded progress (None: a job of 0.3.0's, or not a continuation).
     chunks_done: int | None = None
+    # Queued before its target's key was retyped (`key_retyped`, sql/45_dropped.sql:
+    # follow_key_retype): a key not of the key's new type names no row now. Such keys are
+    # acknowledged, not dead-lettered: the retype's backfill queues their rows under new keys.
+    key_retyped: bool = False
+    retyped_keys: list[tuple[Any, str]] = field(default_factory=list)  # (raw key, why invalid)
 
     @property
     def attempts(self) -> int:
@@ -122,6 +127,7 @@ def _parse_ours(job: Job, message: dict[str, Any], targets: Mapping[int, Target]
         return
     job.prior_attempts = attempts if isinstance(attempts, int) and attempts > 0 else 0
     job.shadow = message.get("shadow") is True
+    job.key_retyped = message.get("key_retyped") is True
     blocked = message.get("blocked", 0)
     job.blocked = blocked if isinstance(blocked, int) and blocked > 0 else 0
     done = message.get("chunks_done")
@@ -219,7 +225,7 @@ def _add_keys(job: Job, target: Target, keys: Iterable[Any]) -> None:
         try:
             canonical = target.canonical_key(raw)
         except ValueError as exc:
-            job.bad_keys.append((raw, str(exc)))
+            (job.retyped_keys if job.key_retyped else job.bad_keys).append((raw, str(exc)))
             continue
         if canonical not in job.raw_keys:
             job.raw_keys[canonical] = raw

@@ -280,7 +280,7 @@ def log_batch(batch: Batch) -> None:
             continue
         logger.info(
             "batch target=%s jobs=%d rows=%d embedded=%d cleared=%d gone=%d stale=%d failed=%d "
-            "blocked=%d tokens=%d load_ms=%.1f embed_ms=%.1f write_ms=%.1f",
+            "blocked=%d outdated=%d tokens=%d load_ms=%.1f embed_ms=%.1f write_ms=%.1f",
             names[target_id],
             stats.jobs,
             sum(states.values()),
@@ -290,6 +290,8 @@ def log_batch(batch: Batch) -> None:
             states["stale"],
             states["failed"],
             states["blocked"],
+            # (read under a definition of the target that changed since: handed back, redone)
+            states["outdated"],
             stats.tokens,
             batch.load_ms,
             stats.embed_ms,
@@ -302,6 +304,7 @@ def log_batch(batch: Batch) -> None:
                 "failed": states["failed"],
                 "stale": states["stale"],
                 "blocked": states["blocked"],
+                "outdated": states["outdated"],
                 "tokens": stats.tokens,
                 "load_ms": round(batch.load_ms, 1),
                 "embed_ms": round(stats.embed_ms, 1),
@@ -315,6 +318,15 @@ def log_batch(batch: Batch) -> None:
     for job in batch.jobs:
         if job.error:
             logger.warning("job %d dead-lettered: %s", job.msg_id, job.error)
+        if job.retyped_keys and job.target is not None:
+            logger.info(
+                "target=%s: job %d had %d key(s) queued before the key was retyped, not of its"
+                " type now (%s): acknowledged; the retype's backfill queues their rows again",
+                job.target.name,
+                job.msg_id,
+                len(job.retyped_keys),
+                job.retyped_keys[0][1],
+            )
 
 
 def _log_failed(row: Row) -> None:

@@ -104,3 +104,8 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- What a batch read under a target's definition version depends on, digested (sql/42_definitions.sql:
+-- definition_digest()): a schema change that leaves it alone keeps the version. NULL until the
+-- first schema change or watch() of the target, which then gives a new version once.
+ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS definition_digest text;
