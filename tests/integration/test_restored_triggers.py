@@ -15,6 +15,8 @@ import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.jobs import messages, queued_keys
+from worker.cli import doctor
+from worker.config import Settings
 
 Conn = psycopg.Connection[Any]
 
@@ -50,11 +52,12 @@ def restore_docs(dsn: str, other_dsn: str, tmp_path: Path) -> Callable[[], None]
             check=True,
             capture_output=True,
         )
-        subprocess.run(
+        restored = subprocess.run(
             [_server_binary("pg_restore"), "-d", other_dsn, str(dump)],
-            check=True,
             capture_output=True,
+            text=True,
         )
+        assert restored.returncode == 0, restored.stderr
 
     return restore
 
@@ -163,3 +166,34 @@ def test_watch_drops_triggers_of_a_target_that_does_not_exist(
     ).fetchall()
     assert names == []
     other_db.execute("INSERT INTO docs VALUES (1, 'a')")
+
+
+def test_doctor_names_stray_triggers_and_policies(
+    other_dsn: str, other_db: Conn, restore_docs: Callable[[], None], source: Conn
+) -> None:
+    """A chunk table dumped alone brings its policy too, bound to this database's visibility
+    function of that target id (another table's): stray_store stands for one."""
+    other_db.execute("CREATE TABLE other (id bigint PRIMARY KEY, body text)")
+    other_db.execute("SELECT embeddings.watch('other', 'body')")
+    other_db.execute("CREATE TABLE chunked (id bigint PRIMARY KEY, body text)")
+    other_db.execute("SELECT embeddings.watch('chunked', 'body', chunk_tokens => 64)")
+    other_db.execute("CREATE TABLE stray_store (id bigint, seq integer)")
+    other_db.execute("ALTER TABLE stray_store ENABLE ROW LEVEL SECURITY")
+    other_db.execute(
+        "CREATE POLICY embeddings_2_visible ON stray_store USING (EXISTS"
+        " (SELECT FROM embeddings.embeddings_2_visible() v WHERE v.k0 = stray_store.id))"
+    )
+    restore_docs()
+
+    found = doctor.check(other_dsn, Settings(database_url=other_dsn))
+
+    strays = {f.check: f for f in found if " on public." in f.check}
+    assert set(strays) == {
+        "trigger embeddings_1_insert on public.docs",
+        "trigger embeddings_1_update on public.docs",
+        "trigger embeddings_1_clear on public.docs",
+        "policy embeddings_2_visible on public.stray_store",
+    }
+    said = strays["trigger embeddings_1_clear on public.docs"]
+    assert said.level == "FAIL" and "target 1, which watches public.other" in said.detail
+    assert said.fix.endswith("DROP TRIGGER embeddings_1_clear ON public.docs")

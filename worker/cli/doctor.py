@@ -17,6 +17,7 @@ from worker.cli import (
     output,
     pooler,
     remote,
+    restored,
     search_access,
     search_fulltext,
     search_memory,
@@ -78,6 +79,8 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
             found += search_access.findings(conn, settings)
             found += search_fulltext.findings(conn)
             found += search_memory.findings(conn)
+            if _can_read(conn, "embeddings.targets"):
+                found += restored.strays(conn)
         found += _cron(conn, dsn)
     return found
 
@@ -160,6 +163,10 @@ def pgmq_finding(installed: str | None, offered: str | None, as_sql: bool) -> Fi
 
 
 def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:
+    renamed = restored.renamed_schemas(conn)
+    if renamed:
+        found += renamed
+        return False
     if not schema.installed(conn):
         found.append(
             Finding(
@@ -169,6 +176,10 @@ def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:
                 f"`{hints.command('migrate', dsn)}`",
             )
         )
+        return False
+    unrecorded = restored.unrecorded(conn)  # what `migrate` would refuse with, said here
+    if unrecorded is not None:
+        found.append(unrecorded)
         return False
     # Of this package's release, as `run` and the other commands check it: the checks below
     # call what an older schema lacks (raw SQL errors), and a newer one is a later release's.
