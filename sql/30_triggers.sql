@@ -257,6 +257,41 @@ BEGIN
 END
 $$;
 
+-- The check each trigger function of target t makes first (`returned`: what the function returns
+-- when it does nothing): that it fires on t's table, or on a partition of it, by name (names
+-- survive a dump and restore; OIDs do not). A table dumped alone (`pg_dump -t`) brings its
+-- triggers, which call embeddings_<id>_*() by number: restored where that id is another
+-- table's target, they would fire that target's code here, failing on a column this table
+-- lacks, or queueing (and clearing) rows as the other table's. Such a trigger does nothing but
+-- warn, once per transaction and trigger; watch() of the table drops it (install_triggers()).
+-- It comes before anything that names a column: PL/pgSQL plans each statement when it first
+-- runs it. Only schema-qualified operators: the clear trigger runs with its caller's path.
+CREATE FUNCTION embeddings_internal.own_table_check_sql(t embeddings.targets, returned text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings_internal.render($template$
+        IF NOT (TG_TABLE_NAME OPERATOR(pg_catalog.=) %(table)L AND TG_TABLE_SCHEMA OPERATOR(pg_catalog.=) %(schema)L)%(partitions)s THEN
+            IF coalesce(pg_catalog.current_setting('embeddings.stray_warned', true), '') OPERATOR(pg_catalog.<>) (TG_NAME)::pg_catalog.text THEN
+                PERFORM pg_catalog.set_config('embeddings.stray_warned', TG_NAME, true);
+                RAISE WARNING 'embeddings: trigger % on %.% calls the code of target %, which watches %, not this table: it does nothing', TG_NAME, TG_TABLE_SCHEMA, TG_TABLE_NAME, %(id)s, %(source)L
+                    USING HINT = 'A table restored from another database brings its triggers. Watch the table again (embeddings.watch() drops them), or drop the trigger: DROP TRIGGER ' OPERATOR(pg_catalog.||) (TG_NAME)::pg_catalog.text OPERATOR(pg_catalog.||) ' ON ' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(TG_TABLE_SCHEMA) OPERATOR(pg_catalog.||) '.' OPERATOR(pg_catalog.||) pg_catalog.quote_ident(TG_TABLE_NAME);
+            END IF;
+            RETURN %(returned)s;
+        END IF;
+        $template$,
+        jsonb_build_object(
+            'table', c.relname, 'schema', n.nspname, 'id', t.id, 'source', t.source::text, 'returned', returned,
+            -- a partition's statement triggers, and the row triggers Postgres cloned onto it
+            'partitions', CASE WHEN c.relkind = 'p' THEN embeddings_internal.render(
+                ' AND NOT EXISTS (SELECT FROM pg_catalog.pg_partition_ancestors(TG_RELID) a'
+                ' JOIN pg_catalog.pg_class ac ON ac.oid OPERATOR(pg_catalog.=) a.relid'
+                ' JOIN pg_catalog.pg_namespace an ON an.oid OPERATOR(pg_catalog.=) ac.relnamespace'
+                ' WHERE ac.relname OPERATOR(pg_catalog.=) %(table)L AND an.nspname OPERATOR(pg_catalog.=) %(schema)L)',
+                jsonb_build_object('table', c.relname, 'schema', n.nspname)) ELSE '' END),
+        indent => 4) || E'\n'
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = t.source
+$$;
+
 -- The statement trigger function `name` of target t: queues the rows `queued` selects (a FROM
 -- ... WHERE of trigger_rows_sql()); with a content function, what the function raises (for any
 -- row) is caught, and `unfiltered` rows are queued instead: the write never fails, and the
@@ -270,12 +305,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
         BEGIN
-            %(enqueue)s;
+        %(check)s    %(enqueue)s;
             RETURN NULL;
         %(fallback)sEND
         $body$
         $template$, jsonb_build_object(
             'name', name, 'settings', settings, 'enqueue', embeddings_internal.enqueue_statement(t, queued),
+            'check', embeddings_internal.own_table_check_sql(t, 'NULL'),
             'fallback', CASE WHEN unfiltered IS NOT NULL THEN embeddings_internal.render($template$
                 EXCEPTION WHEN OTHERS THEN
                     RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered', %(source)L, SQLERRM;
@@ -295,7 +331,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
         BEGIN
-            PERFORM embeddings.%(prune)I();
+        %(check)s    PERFORM embeddings.%(prune)I();
             DELETE FROM embeddings.documents d
             WHERE d.target_id OPERATOR(pg_catalog.=) %(id)s AND d.state OPERATOR(pg_catalog.=) 'in_progress';
             RETURN NULL;
@@ -305,7 +341,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         END
         $body$
         $template$, jsonb_build_object('name', name, 'prune', 'embeddings_' || t.id || '_prune', 'source', t.source::text,
-                                       'id', t.id))
+                                       'id', t.id, 'check', embeddings_internal.own_table_check_sql(t, 'NULL')))
 $$;
 
 -- Target t's trigger function for rows applied by logical replication, one at a time (a
@@ -315,6 +351,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET standard_confo
 DECLARE
     args jsonb := jsonb_build_object(
         'name', name, 'settings', embeddings_internal.key_settings_sql(t), 'target', t.id,
+        'check', embeddings_internal.own_table_check_sql(t, 'NULL'),
         'queue_table', pgmq.format_table_name(t.queue, 'q'),
         'new_row', embeddings_internal.store_new_row_sql(t, 'NEW'),
         'new_content', embeddings_internal.content_compared_sql(t, 'new', row_type),
@@ -326,7 +363,7 @@ BEGIN
         CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
         BEGIN
-        %(follow)s    IF (TG_OP = 'INSERT' AND %(new_row)s AND %(new_content)s OPERATOR(pg_catalog.<>) '')
+        %(check)s%(follow)s    IF (TG_OP = 'INSERT' AND %(new_row)s AND %(new_content)s OPERATOR(pg_catalog.<>) '')
                OR (TG_OP = 'UPDATE' AND (NOT (%(same_key)s) OR %(new_content)s IS DISTINCT FROM %(old_content)s) AND %(new_content)s OPERATOR(pg_catalog.<>) '') THEN
                 INSERT INTO pgmq.%(queue_table)I (vt, message)
                 VALUES (pg_catalog.clock_timestamp(),
@@ -380,7 +417,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 before pg_catalog.text;
                 after pg_catalog.text;
             BEGIN
-                before := %(old_content)s;  -- (in the block: its handler catches what the function raises)
+            %(check)s    before := %(old_content)s;  -- (in the block: its handler catches what the function raises)
                 after := %(new_content)s;
                 -- IS DISTINCT FROM, with pg_catalog's operator named (the owner's search path)
                 IF NOT coalesce(before OPERATOR(pg_catalog.=) after, before IS NULL AND after IS NULL) THEN
@@ -403,7 +440,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         ELSE $template$
             CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger LANGUAGE plpgsql AS $body$
             BEGIN
-                IF %(changed)s THEN
+            %(check)s    IF %(changed)s THEN
                     NEW.%(embedding)I := NULL;
                 END IF;
                 RETURN NEW;
@@ -411,7 +448,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             $body$
             $template$ END,
         jsonb_build_object(
-            'name', name, 'embedding', t.embedding_column,
+            'name', name, 'embedding', t.embedding_column, 'check', embeddings_internal.own_table_check_sql(t, 'NEW'),
             'old_content', embeddings_internal.content_sql(t, 'old', row_type, wrapped => false),
             'new_content', embeddings_internal.content_sql(t, 'new', row_type, wrapped => false),
             -- NOT coalesce(old = new, both NULL): IS DISTINCT FROM, with pg_catalog's `=`
@@ -583,10 +620,27 @@ BEGIN
 END
 $$;
 
+-- Triggers named as a target's (embeddings_<id>_<kind>) on a table that is not that target's,
+-- nor a partition of it, with the target they name (which may not exist): a table dumped alone
+-- (`pg_dump -t`) and restored into another database brings its triggers, which call that
+-- database's functions of the same target id (own_table_check_sql() keeps them from acting).
+-- watch() drops those on its table; doctor lists them all (worker/queries.sql: stray_objects).
+CREATE FUNCTION embeddings_internal.stray_triggers() RETURNS TABLE (name name, rel regclass, target_id integer)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT g.tgname, g.tgrelid::regclass, g.target_id
+    FROM (SELECT t.tgname, t.tgrelid, substring(t.tgname FROM '^embeddings_([0-9]+)_')::integer AS target_id
+          FROM pg_trigger t
+          WHERE t.tgparentid = 0  -- clones go with their parent trigger
+            AND t.tgname ~ '^embeddings_[0-9]{1,9}_(insert|update|clear|replica|delete|truncate)$') g
+    WHERE NOT EXISTS (SELECT FROM embeddings.targets o
+                      WHERE o.id = g.target_id AND g.tgrelid IN (SELECT * FROM embeddings_internal.covered_tables(o)))
+$$;
+
 -- Brings target t's triggers in line with its registration and its table as it is now: the
 -- functions regenerated (the table owner's too, sql/32_access.sql), statement triggers on the
 -- table and each of its partitions (dropped from tables no longer covered), the row triggers,
--- replica mode. With has_triggers false, drops the triggers; with a problem, the functions
+-- replica mode; triggers of other targets (or of none) on its tables dropped (stray_triggers()).
+-- With has_triggers false, drops the triggers; with a problem, the functions
 -- too. Returns the tables newly covered (partitions attached since), whose rows the caller may
 -- need to enqueue.
 CREATE FUNCTION embeddings_internal.install_triggers(t embeddings.targets) RETURNS regclass[]
@@ -597,7 +651,17 @@ DECLARE
     added regclass[] := '{}';
     made record;
     row_trigger text;
+    stray record;
 BEGIN
+    -- Other targets' triggers (or none's) on its tables: strays a restore brought.
+    FOR stray IN
+        SELECT * FROM embeddings_internal.stray_triggers() s
+        WHERE s.rel IN (SELECT * FROM embeddings_internal.covered_tables(t))
+    LOOP
+        EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', stray.name, 'rel', stray.rel::text));
+        RAISE NOTICE 'embeddings: dropped trigger % on %: it called the code of target %, which is not this table''s (restored from another database?)',
+            stray.name, stray.rel, stray.target_id;
+    END LOOP;
     IF t.problem IS NOT NULL THEN
         PERFORM embeddings_internal.drop_triggers(t);
         PERFORM embeddings_internal.drop_access(t);

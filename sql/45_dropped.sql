@@ -202,48 +202,65 @@ $$;
 -- refreshes the targets on the tables (or partition trees, content functions, generated
 -- functions, schemas holding them) the command touched. It
 -- never fails the user's DDL: a target that cannot be refreshed gets a problem and a WARNING.
+-- Except one: renaming schema embeddings or embeddings_internal is refused (the ALTER rolls
+-- back). Every function of ours, the generated trigger functions among them, names its tables
+-- by schema (fixed search paths): renamed, every write to a watched table would fail. No
+-- release renames them (migrations and downgrades create and drop, never rename).
 CREATE FUNCTION embeddings_internal.follow_schema_changes() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target_id integer;
+    renamed name;
 BEGIN
-    -- Our own DDL (watch(), regenerating triggers) runs inside; it needs no following.
-    IF current_setting('embeddings.following', true) = 'on' THEN
-        RETURN;
+    SELECT n.nspname INTO renamed
+    FROM pg_event_trigger_ddl_commands() c JOIN pg_namespace n ON n.oid = c.objid
+    WHERE c.command_tag = 'ALTER SCHEMA' AND c.classid = 'pg_namespace'::regclass
+      AND n.nspname NOT IN ('embeddings', 'embeddings_internal')
+      AND (to_regnamespace('embeddings') IS NULL OR to_regnamespace('embeddings_internal') IS NULL);
+    IF renamed IS NOT NULL THEN
+        RAISE EXCEPTION 'embeddings: schema % holds embed-worker''s tables or functions, which name it by its name (embeddings or embeddings_internal): renamed, every write to a watched table would fail', renamed
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Keep its name. The schemas of watched tables may be renamed: their targets follow.';
     END IF;
-    PERFORM set_config('embeddings.following', 'on', true);
-    FOR target_id IN
-        SELECT DISTINCT tg.id FROM embeddings.targets tg
-        JOIN pg_event_trigger_ddl_commands() c
-          ON (c.classid = 'pg_class'::regclass
-              AND (tg.source = c.objid OR tg.source IN (SELECT pg_partition_ancestors(c.objid))
-                   -- its side or chunk table (renamed, moved: the functions name it)
-                   OR c.objid = tg.store_table))
-          OR (c.classid = 'pg_proc'::regclass AND c.objid = tg.content_function)
-          -- ALTER SCHEMA ... RENAME (or OWNER) of the schema of its table, chunk table or
-          -- content function: the generated SQL names them by their schema.
-          OR (c.classid = 'pg_namespace'::regclass
-              AND (c.objid IN (SELECT r.relnamespace FROM pg_class r WHERE r.oid IN (tg.source, tg.store_table))
-                   OR c.objid = (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = tg.content_function)))
-          -- The functions generated for it, which its table's owner owns and may ALTER (to
-          -- SECURITY INVOKER, say): regenerated as they must be (sql/32_access.sql).
-          OR (c.classid = 'pg_proc'::regclass
-              AND EXISTS (SELECT FROM pg_proc p WHERE p.oid = c.objid
-                          AND p.proname ~ ('^embeddings_' || tg.id || '_[a-z_]+$')))
-        ORDER BY tg.id
-    LOOP
-        BEGIN
-            PERFORM embeddings_internal.refresh_target(target_id);
-        EXCEPTION WHEN OTHERS THEN
-            RAISE WARNING 'embeddings: could not follow the change for target % (%)', target_id, SQLERRM;
-            UPDATE embeddings.targets tg SET problem = 'could not follow a schema change: ' || SQLERRM
-            WHERE tg.id = target_id;
-        END;
-    END LOOP;
-    PERFORM set_config('embeddings.following', 'off', true);
-EXCEPTION WHEN OTHERS THEN
-    PERFORM set_config('embeddings.following', 'off', true);
-    RAISE WARNING 'embeddings: could not follow a schema change (%)', SQLERRM;
+    BEGIN
+        -- Our own DDL (watch(), regenerating triggers) runs inside; it needs no following.
+        IF current_setting('embeddings.following', true) = 'on' THEN
+            RETURN;
+        END IF;
+        PERFORM set_config('embeddings.following', 'on', true);
+        FOR target_id IN
+            SELECT DISTINCT tg.id FROM embeddings.targets tg
+            JOIN pg_event_trigger_ddl_commands() c
+              ON (c.classid = 'pg_class'::regclass
+                  AND (tg.source = c.objid OR tg.source IN (SELECT pg_partition_ancestors(c.objid))
+                       -- its side or chunk table (renamed, moved: the functions name it)
+                       OR c.objid = tg.store_table))
+              OR (c.classid = 'pg_proc'::regclass AND c.objid = tg.content_function)
+              -- ALTER SCHEMA ... RENAME (or OWNER) of the schema of its table, chunk table or
+              -- content function: the generated SQL names them by their schema.
+              OR (c.classid = 'pg_namespace'::regclass
+                  AND (c.objid IN (SELECT r.relnamespace FROM pg_class r WHERE r.oid IN (tg.source, tg.store_table))
+                       OR c.objid = (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = tg.content_function)))
+              -- The functions generated for it, which its table's owner owns and may ALTER (to
+              -- SECURITY INVOKER, say): regenerated as they must be (sql/32_access.sql).
+              OR (c.classid = 'pg_proc'::regclass
+                  AND EXISTS (SELECT FROM pg_proc p WHERE p.oid = c.objid
+                              AND p.proname ~ ('^embeddings_' || tg.id || '_[a-z_]+$')))
+            ORDER BY tg.id
+        LOOP
+            BEGIN
+                PERFORM embeddings_internal.refresh_target(target_id);
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'embeddings: could not follow the change for target % (%)', target_id, SQLERRM;
+                UPDATE embeddings.targets tg SET problem = 'could not follow a schema change: ' || SQLERRM
+                WHERE tg.id = target_id;
+            END;
+        END LOOP;
+        PERFORM set_config('embeddings.following', 'off', true);
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM set_config('embeddings.following', 'off', true);
+        RAISE WARNING 'embeddings: could not follow a schema change (%)', SQLERRM;
+    END;
 END
 $$;
 

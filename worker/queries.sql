@@ -1462,3 +1462,44 @@ SELECT pg_catalog.count(*),
 FROM embeddings.dispatched d
 JOIN net._http_response r ON r.id = d.request_id AND r.created >= d.sent_at
 WHERE d.answered_at IS NULL AND (r.status_code IS NULL OR r.status_code NOT BETWEEN 200 AND 299)
+
+-- name: renamed_schemas
+-- `doctor`: a schema holding embed-worker's tables (its targets and made_tables) or its internal
+-- functions under another name than theirs, whose name no schema has (an ALTER SCHEMA ... RENAME
+-- where no event trigger refused it: a non-superuser install): its name, the one it must have,
+-- and its name as a statement writes it.
+SELECT n.nspname::text, w.wanted, pg_catalog.quote_ident(n.nspname)
+FROM pg_catalog.pg_namespace n
+CROSS JOIN LATERAL (
+    SELECT CASE
+        WHEN EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'targets')
+         AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'made_tables')
+        THEN 'embeddings'
+        WHEN EXISTS (SELECT FROM pg_catalog.pg_proc p
+                     WHERE p.pronamespace = n.oid AND p.proname = 'follow_schema_changes')
+        THEN 'embeddings_internal' END AS wanted) w
+WHERE w.wanted IS NOT NULL AND n.nspname <> w.wanted
+  AND pg_catalog.to_regnamespace(w.wanted) IS NULL
+ORDER BY 2;
+
+-- name: stray_objects
+-- `doctor`: triggers and policies named as a target's (embeddings_<id>_<kind>) on a table that is
+-- not that target's table, a partition of it or its store: a table dumped alone (`pg_dump -t`)
+-- and restored into another database brings them, bound to this database's target of the same
+-- id, or to none (sql/30_triggers.sql: stray_triggers() is watch()'s view of the same); each
+-- with its name as a statement writes it.
+SELECT s.kind, s.name::text, s.rel::regclass::text, s.target_id, t.source::text, pg_catalog.quote_ident(s.name)
+FROM (SELECT 'trigger' AS kind, g.tgname AS name, g.tgrelid AS rel,
+             substring(g.tgname FROM '^embeddings_([0-9]+)_')::integer AS target_id
+      FROM pg_catalog.pg_trigger g
+      WHERE g.tgparentid = 0
+        AND g.tgname ~ '^embeddings_[0-9]{1,9}_(insert|update|clear|replica|delete|truncate)$'
+      UNION ALL
+      SELECT 'policy', p.polname, p.polrelid, substring(p.polname FROM '^embeddings_([0-9]+)_')::integer
+      FROM pg_catalog.pg_policy p
+      WHERE p.polname ~ '^embeddings_[0-9]{1,9}_visible$') s
+LEFT JOIN embeddings.targets t ON t.id = s.target_id
+WHERE t.id IS NULL
+   OR NOT (s.rel IN (t.source, t.store_table)
+           OR s.rel IN (SELECT r.relid FROM pg_catalog.pg_partition_tree(t.source) r))
+ORDER BY 3, 2;

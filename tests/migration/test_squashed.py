@@ -17,6 +17,7 @@ from tests.migration.scenarios import fixture_roles, queued_keys, restore
 from tests.support.cluster import Cluster
 from tests.support.schema_dump import our_objects
 from worker import exceptions, schema
+from worker.cli import doctor
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
@@ -190,3 +191,23 @@ def test_a_schema_restored_without_its_revision_is_named_and_stamped_as_said(
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"DROP TABLE public.{schema.VERSION_TABLE}")
     assert schema.migrate(dsn).applied[-1] == schema.head_revision()
+
+
+def test_doctor_gives_the_statements_migrate_refuses_with(cluster: Cluster) -> None:
+    """QA 5b nit 7: on that database doctor said "run migrate", which then refused; it gives
+    the refusal's statements itself, from the same text."""
+    with fixture_roles(cluster):
+        name = restore(cluster, "at_0019")
+        try:
+            with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
+                conn.execute(f"DROP TABLE public.{schema.VERSION_TABLE}")
+            with pytest.raises(exceptions.EmbedWorkerError) as refused:
+                schema.migrate(cluster.dsn(name))
+
+            found = doctor.check(cluster.dsn(name), Settings(database_url=cluster.dsn(name)))
+
+            (said,) = [f for f in found if f.check == "schema"]
+            assert said.level == "FAIL"
+            assert f"{said.detail}. {said.fix}\nNothing was changed" == str(refused.value)
+        finally:
+            cluster.drop_database(name)

@@ -19,6 +19,7 @@ from worker.cli import (
     push_findings,
     remote,
     replication,
+    restored,
     search_access,
     search_fulltext,
     search_memory,
@@ -73,6 +74,8 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
             found += search_fulltext.findings(conn)
             found += search_memory.findings(conn)
             found += push_findings.findings(conn)
+            if _can_read(conn, "embeddings.targets"):
+                found += restored.strays(conn)
         found += _cron(conn, dsn)
     return found
 
@@ -115,6 +118,10 @@ def _extensions(conn: db.Connection) -> list[Finding]:
 
 
 def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:
+    renamed = restored.renamed_schemas(conn)
+    if renamed:
+        found += renamed
+        return False
     if not schema.installed(conn):
         found.append(
             Finding(
@@ -124,6 +131,10 @@ def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:
                 f"`{hints.command('migrate', dsn)}`",
             )
         )
+        return False
+    unrecorded = restored.unrecorded(conn)  # what `migrate` would refuse with, said here
+    if unrecorded is not None:
+        found.append(unrecorded)
         return False
     # Of this package's release, as `run` and the other commands check it: the checks below
     # call what an older schema lacks (raw SQL errors), and a newer one is a later release's.

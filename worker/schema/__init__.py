@@ -69,6 +69,7 @@ from worker.schema.revisions import (
     release_steps,
     restamp_squashed,
     revision_connection,
+    unrecorded,
     upgrade_release,
 )
 
@@ -98,6 +99,7 @@ __all__ = [
     "revision_connection",
     "run_files",
     "uninstall",
+    "unrecorded",
     "upgrade_release",
     "use_installer_path",
 ]

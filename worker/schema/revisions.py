@@ -38,27 +38,42 @@ def install_initial() -> None:
 
 
 def _refuse_unrecorded_older_schema(conn: Connection) -> None:
-    """Alembic finds no revision recorded, yet the schema is installed (by hand, or restored
-    without the version table: `pg_dump -n embeddings` leaves it out). A schema of this release
-    is installed over, as a reinstall; an older one would get this release's code over its
-    tables (the upgrade failed on the first column it lacked): EmbedWorkerError, saying which
-    revision to record, and how."""
+    """Alembic finds no revision recorded, yet the schema is installed: a schema of this
+    release is installed over, as a reinstall; an older one would get this release's code over
+    its tables (the upgrade failed on the first column it lacked): EmbedWorkerError, saying
+    which revision to record, and how (`unrecorded`)."""
     if not installed(conn):
         return
+    found = unrecorded(conn)
+    if found is not None:
+        raise exceptions.EmbedWorkerError(f"{found.found}. {found.fix}\nNothing was changed")
+
+
+def unrecorded(conn: Connection) -> Mismatch | None:
+    """The installed schema is older than this release's and Alembic's record of its revision
+    is missing (installed by hand, or restored without the table: `pg_dump -n embeddings` leaves
+    it out): what it is, and the statements that record its revision, which `migrate` then
+    upgrades from; `migrate` refuses with them, `doctor` gives them. None: recorded, or of this
+    release. For a role that may not read the record: None (the record is there)."""
+    table = f"public.{VERSION_TABLE}"
+    try:
+        if current_revision(conn) is not None:
+            return None
+    except psycopg.errors.InsufficientPrivilege:
+        return None
     row = conn.execute(queries.get("installed_schema_revision")).fetchone()
     at = str(row[0]) if row else "0001"
     if at == head_revision():
-        return
-    table = f"public.{VERSION_TABLE}"
-    raise exceptions.EmbedWorkerError(
+        return None
+    return Mismatch(
         f"the embeddings schema is installed, but {table}, where migrate records its "
         "revision, is missing or empty: the schema was installed by hand, or restored without "
         f"that table (pg_dump -n embeddings leaves it out). Its tables are release "
-        f"{files.release_of(at)}'s (revision {at}). Restore that table with the schema, or "
-        "record the revision as the schema's owner, then migrate again:\n"
+        f"{files.release_of(at)}'s (revision {at})",
+        "Restore that table with the schema, or record the revision as the schema's owner, "
+        "then migrate again:\n"
         f"  CREATE TABLE IF NOT EXISTS {table} (version_num varchar(32) PRIMARY KEY);\n"
-        f"  INSERT INTO {table} VALUES ('{at}');\n"
-        "Nothing was changed"
+        f"  INSERT INTO {table} VALUES ('{at}');",
     )
 
 
