@@ -104,3 +104,8 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- Bulk statements go to the backfill lane (sql/22_inbox.sql, bulk_statement_keys()): each inbox
+-- row says how many keys its statement wrote; NULL in the rows 0.3.0's triggers wrote, which
+-- are moved live, as before.
+ALTER TABLE embeddings.inbox ADD COLUMN IF NOT EXISTS statement_keys integer;
