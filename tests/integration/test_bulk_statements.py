@@ -32,7 +32,9 @@ def test_a_statement_of_more_than_the_bulk_size_goes_to_the_backfill_lane(
 ) -> None:
     assert fetch_value(conn, "SELECT embeddings_internal.bulk_statement_keys()") == BULK
     watched(conn, tiny_models[0], "docs")
-    conn.execute("INSERT INTO docs SELECT g, 'bulk' FROM generate_series(1, %s::int) g", (BULK + 1,))
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'bulk' FROM generate_series(1, %s::int) g", (BULK + 1,)
+    )
     conn.execute(
         "INSERT INTO docs SELECT g, 'at the bulk size' FROM generate_series(%s::int, %s::int) g",
         (BULK + 2, 2 * BULK + 1),
@@ -41,9 +43,7 @@ def test_a_statement_of_more_than_the_bulk_size_goes_to_the_backfill_lane(
     # A key that a small statement wrote too is queued once, live: a single row's write first.
     conn.execute("UPDATE docs SET body = 'edited' WHERE id = 7")
     assert lane_keys(conn, "embedding_jobs") == [7, *range(BULK + 2, 2 * BULK + 3)]
-    assert lane_keys(conn, "embedding_jobs_backfill") == [
-        k for k in range(1, BULK + 2) if k != 7
-    ]
+    assert lane_keys(conn, "embedding_jobs_backfill") == [k for k in range(1, BULK + 2) if k != 7]
     assert fetch_value(conn, "SELECT count(*) FROM embeddings.inbox") == 0
     # Both lanes are the target's pending work, as status counts it.
     assert conn.execute(
@@ -64,7 +64,9 @@ def test_single_rows_written_after_a_bulk_statement_are_embedded_before_its_back
     xmin of its row version says which batch came first."""
     watched(conn, tiny_models[0], "bulk_docs", "probe_docs")
     rows = 3 * BULK
-    conn.execute("INSERT INTO bulk_docs SELECT g, 'bulk row ' || g FROM generate_series(1, %s) g", (rows,))
+    conn.execute(
+        "INSERT INTO bulk_docs SELECT g, 'bulk row ' || g FROM generate_series(1, %s) g", (rows,)
+    )
     conn.execute("INSERT INTO probe_docs VALUES (1, 'latency probe, another table')")
     conn.execute("INSERT INTO bulk_docs VALUES (%s, 'latency probe, the same table')", (rows + 1,))
     run_once(model=tiny_models[0])
