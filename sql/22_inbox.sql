@@ -1,6 +1,6 @@
 -- The live lane's inbox: where the triggers put the keys an application's statement needs
 -- embedded, one row per statement (per 4,096 keys), and whence the worker moves them into the
--- live pgmq queue.
+-- live pgmq queue (a bulk statement's into its backfill lane: bulk_statement_keys()).
 --
 -- Why not straight into pgmq: most applications write one row per statement, and for those the
 -- queue row was most of what watching cost. A pgmq queue table has an identity column, two
@@ -22,19 +22,39 @@ CREATE FUNCTION embeddings_internal.inbox_keys_per_row() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 4096;
 
+-- A statement that writes more than this many rows of one target is a bulk load (a COPY, an
+-- INSERT ... SELECT, an UPDATE of a whole table): its keys go to the backfill lane, so that the
+-- rows single statements write after it, of any table, are embedded first, and not minutes later
+-- behind its backlog (docs/scaling.md, "Bulk loads"). 1,000 rows are about a minute of
+-- inference on two cores; an application's multi-row INSERT of a form or a page stays live.
+CREATE FUNCTION embeddings_internal.bulk_statement_keys() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN 1000;
+
 -- Moves inbox rows of the targets on live queue `queue_name` into it, up to `max_rows` rows and
 -- about `max_keys` keys (whole rows: at least one); returns the number of messages sent. Cheap
 -- when the inbox is empty (the worker calls it before every read), and a move takes what
--- accumulated since the last, so the inbox stays short and the queue keeps the order.
+-- accumulated since the last, so the inbox stays short and the queue keeps the order. The keys
+-- of a bulk statement (more than bulk_statement_keys() rows: the inbox row says how many its
+-- statement wrote) go to the queue's backfill lane instead; a key that a smaller statement
+-- wrote too goes live, once. Rows written before statement_keys was (an older trigger's) are
+-- live, as they were.
 -- SECURITY DEFINER: worker roles need no rights on the queue's insert.
 CREATE FUNCTION embeddings_internal.move_inbox(queue_name text, max_rows integer DEFAULT 10000,
                                       max_keys integer DEFAULT 100000) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     sent integer;
+    backfill_table text := pgmq.format_table_name(embeddings_internal.backfill_queue(queue_name), 'q');
+    bulk_keys integer := embeddings_internal.bulk_statement_keys();
 BEGIN
     IF NOT EXISTS (SELECT FROM embeddings.inbox) THEN
         RETURN 0;
+    END IF;
+    -- A queue without a backfill lane (ensure_queue() gives every live queue one): all live.
+    IF to_regclass(format('pgmq.%I', backfill_table)) IS NULL THEN
+        backfill_table := pgmq.format_table_name(queue_name, 'q');
+        bulk_keys := NULL;
     END IF;
     EXECUTE format($q$
         WITH candidates AS (
@@ -48,28 +68,37 @@ BEGIN
                 SELECT c.place FROM (SELECT place, sum(keys) OVER (ORDER BY place) - keys AS before
                                      FROM candidates) c
                 WHERE c.before < $4))
-            RETURNING i.target, i.columns, i.enqueued_at, i.ctid AS place),
-        keyed AS (  -- each key once, at its first place in write order
-            SELECT k.target, k.key, min(k.enqueued_at) AS enqueued_at, min(k.pos) AS pos
-            FROM (SELECT t.target, t.enqueued_at, m.key,
+            RETURNING i.target, i.columns, i.enqueued_at, i.ctid AS place,
+                      coalesce(i.statement_keys > $5, false) AS bulk),
+        keyed AS (  -- each key once, at its first place in write order; live if any write was
+            SELECT k.target, k.key, min(k.enqueued_at) AS enqueued_at, min(k.pos) AS pos, bool_and(k.bulk) AS bulk
+            FROM (SELECT t.target, t.enqueued_at, t.bulk, m.key,
                          row_number() OVER (ORDER BY t.enqueued_at, t.place, m.n) AS pos
                   FROM taken t,
                        LATERAL embeddings_internal.message_keys(jsonb_build_object('columns', t.columns))
                            WITH ORDINALITY AS m(key, n)) k
             GROUP BY k.target, k.key),
         parts AS (
-            SELECT target, key, enqueued_at, pos,
-                   (row_number() OVER (PARTITION BY target ORDER BY pos) - 1) / $3 AS part
-            FROM keyed)
-        INSERT INTO pgmq.%I (enqueued_at, vt, message)
-        SELECT min(p.enqueued_at), clock_timestamp(),
-               jsonb_build_object('target', p.target, 'keys', jsonb_agg(p.key ORDER BY p.pos))
-        FROM parts p
-        GROUP BY p.target, p.part
-        ORDER BY min(p.pos)$q$,
-        pgmq.format_table_name(queue_name, 'q'))
-    USING queue_name, max_rows, embeddings_internal.keys_per_message(), max_keys;
-    GET DIAGNOSTICS sent = ROW_COUNT;
+            SELECT target, key, enqueued_at, pos, bulk,
+                   (row_number() OVER (PARTITION BY target, bulk ORDER BY pos) - 1) / $3 AS part
+            FROM keyed),
+        jobs AS (
+            SELECT min(p.enqueued_at) AS enqueued_at, min(p.pos) AS pos, p.bulk,
+                   jsonb_build_object('target', p.target, 'keys', jsonb_agg(p.key ORDER BY p.pos)) AS message
+            FROM parts p
+            GROUP BY p.target, p.bulk, p.part),
+        live AS (
+            INSERT INTO pgmq.%I (enqueued_at, vt, message)
+            SELECT j.enqueued_at, clock_timestamp(), j.message FROM jobs j WHERE NOT j.bulk ORDER BY j.pos
+            RETURNING 1),
+        backfill AS (
+            INSERT INTO pgmq.%I (enqueued_at, vt, message)
+            SELECT j.enqueued_at, clock_timestamp(), j.message FROM jobs j WHERE j.bulk ORDER BY j.pos
+            RETURNING 1)
+        SELECT (SELECT count(*) FROM live) + (SELECT count(*) FROM backfill)$q$,
+        pgmq.format_table_name(queue_name, 'q'), backfill_table)
+    USING queue_name, max_rows, embeddings_internal.keys_per_message(), max_keys, bulk_keys
+    INTO sent;
     RETURN sent;
 END
 $$;

@@ -164,9 +164,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS u(c, ty, i)
     )
     SELECT embeddings_internal.render(
-        'INSERT INTO embeddings.inbox (target, keys, columns) '
+        'INSERT INTO embeddings.inbox (target, keys, columns, statement_keys) '
         'SELECT %(target)s, LEAST(s.keys - i + 1, %(per_row)s), '
-        'pg_catalog.jsonb_build_array(%(slices)s) '
+        'pg_catalog.jsonb_build_array(%(slices)s), s.keys '
         'FROM (SELECT pg_catalog.count(*)::integer AS keys, %(aggregates)s %(from_where)s) AS s, '
         'pg_catalog.generate_series(1, s.keys, %(per_row)s) AS i',
         jsonb_build_object(

@@ -109,3 +109,8 @@ $$;
 -- definition_digest()): a schema change that leaves it alone keeps the version. NULL until the
 -- first schema change or watch() of the target, which then gives a new version once.
 ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS definition_digest text;
+
+-- Bulk statements go to the backfill lane (sql/22_inbox.sql, bulk_statement_keys()): each inbox
+-- row says how many keys its statement wrote; NULL in the rows 0.3.0's triggers wrote, which
+-- are moved live, as before.
+ALTER TABLE embeddings.inbox ADD COLUMN IF NOT EXISTS statement_keys integer;
