@@ -1475,7 +1475,10 @@ CROSS JOIN LATERAL (
         WHEN EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'targets')
          AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'made_tables')
         THEN 'embeddings'
-        WHEN EXISTS (SELECT FROM pg_catalog.pg_proc p
+        -- (schema embeddings itself held the internal functions before 0.4.0: an older
+        -- release's schema, which the schema check reports as such, is no renamed one)
+        WHEN n.nspname <> 'embeddings'
+         AND EXISTS (SELECT FROM pg_catalog.pg_proc p
                      WHERE p.pronamespace = n.oid AND p.proname = 'follow_schema_changes')
         THEN 'embeddings_internal' END AS wanted) w
 WHERE w.wanted IS NOT NULL AND n.nspname <> w.wanted

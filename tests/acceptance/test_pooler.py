@@ -104,7 +104,11 @@ def test_sigterm_through_pgbouncer_hands_back_and_leaves_no_session_state(
     conn: Conn, pooled_dsn: str, worker_env: dict[str, str]
 ) -> None:
     make_counted_docs(conn)
-    insert(conn, 1, 2000)
+    # Statements of at most 1,000 rows: their jobs are live, where the worker holds several
+    # batches at once (a bulk statement's go to the backfill lane, one batch in flight, and a
+    # SIGTERM between its batches has nothing to hand back).
+    insert(conn, 1, 1000)
+    insert(conn, 1001, 2000)
     # No grace: the batch in flight is handed back at once on a fresh connection, the path that
     # sets a statement timeout.
     env = {**worker_env, "EMBED_POOL_MODE": "transaction", "EMBED_GRACE_SECONDS": "0"}

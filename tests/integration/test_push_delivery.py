@@ -120,7 +120,9 @@ def test_dispatch_fills_a_request_by_rows_up_to_the_workers_limit(conn: Conn, mi
     1,280 rows, more than a worker embeds for one request."""
     conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, body text)")
     conn.execute("SELECT embeddings.watch('big', 'body', model => %s)", (minilm,))
-    conn.execute("INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 1500) g")
+    # (two statements of at most 1,000 rows: a bulk statement's jobs go to the backfill lane)
+    conn.execute("INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 750) g")
+    conn.execute("INSERT INTO big SELECT g, 'row ' || g FROM generate_series(751, 1500) g")
 
     def rows(request: Jobs) -> int:
         return sum(len(job["keys"]) for job in request)

@@ -104,10 +104,10 @@ class HeldModel:
         self.inner = inner
         self.held = held
 
-    def get(self, model: str) -> Any:
+    def get(self, model: str, *, download: bool = True) -> Any:
         if model == self.held:
             raise exceptions.ModelError(f"model {model!r} is held by the test")
-        return self.inner.get(model)
+        return self.inner.get(model, download=download)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
