@@ -308,15 +308,50 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE c.oid = t.source
 $$;
 
+-- The most rows of an UPDATE whose trigger statement runs the plan PL/pgSQL keeps
+-- (sized_statement_sql()): a plan made for one row compares 64 x 64 rows at most, about what
+-- planning the statement costs.
+CREATE FUNCTION embeddings_internal.sized_statement_rows() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN 64;
+
+-- `statement` (one that reads both transition tables: an UPDATE's old_rows beside its new_rows)
+-- planned for the statement's size. PL/pgSQL plans a statement once per session, for the row
+-- counts of the transition tables at its first run, and keeps the plan. Planned for one row,
+-- the join is a nested loop: a later UPDATE of 6,000 rows on that connection compared every new
+-- row with every old one (1.8 s against 36 ms in a session of its own; 50,000 rows, minutes).
+-- Planned for 50,000 rows, it is a merge join costly enough to be JIT-compiled, and every
+-- single-row UPDATE after it on that connection paid the compilation (10-50 ms each). So a
+-- statement of up to sized_statement_rows() rows runs the cached plan, made for such a size,
+-- and a larger one is planned for itself (EXECUTE): its planning is small beside its rows.
+CREATE FUNCTION embeddings_internal.sized_statement_sql(statement text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ltrim(embeddings_internal.render($template$
+        IF (SELECT pg_catalog.count(*) FROM old_rows) OPERATOR(pg_catalog.<=) %(rows)s THEN
+            %(statement)s;
+        ELSE
+            EXECUTE %(statement)L;
+        END IF
+        $template$, jsonb_build_object('statement', statement, 'rows', embeddings_internal.sized_statement_rows()),
+        indent => 4), ' ')
+$$;
+
 -- The statement trigger function `name` of target t: queues the rows `queued` selects (a FROM
 -- ... WHERE of trigger_rows_sql()); with a content function, what the function raises (for any
 -- row) is caught, and `unfiltered` rows are queued instead: the write never fails, and the
 -- worker dead-letters the culprit with its error. `settings`: key_settings_sql() (the keys'
--- text read back alike in any session).
+-- text read back alike in any session). `sized`: the rows are an UPDATE's (sized_statement_sql()).
 CREATE FUNCTION embeddings_internal.statement_trigger_sql(t embeddings.targets, name text, queued text,
-                                                 unfiltered text DEFAULT NULL, settings text DEFAULT '')
+                                                 unfiltered text DEFAULT NULL, settings text DEFAULT '',
+                                                 sized boolean DEFAULT false)
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH e(queued, unfiltered) AS (
+        SELECT CASE WHEN sized THEN embeddings_internal.sized_statement_sql(q) ELSE q END,
+               CASE WHEN sized AND u IS NOT NULL THEN embeddings_internal.sized_statement_sql(u) ELSE u END
+        FROM (SELECT embeddings_internal.enqueue_statement(t, queued),
+                     CASE WHEN unfiltered IS NOT NULL THEN embeddings_internal.enqueue_statement(t, unfiltered) END) s(q, u)
+    )
     SELECT embeddings_internal.render($template$
         CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
@@ -326,15 +361,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         %(fallback)sEND
         $body$
         $template$, jsonb_build_object(
-            'name', name, 'settings', settings, 'enqueue', embeddings_internal.enqueue_statement(t, queued),
+            'name', name, 'settings', settings, 'enqueue', e.queued,
             'check', embeddings_internal.own_table_check_sql(t, 'NULL'),
             'fallback', CASE WHEN unfiltered IS NOT NULL THEN embeddings_internal.render($template$
                 EXCEPTION WHEN OTHERS THEN
                     RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered', %(source)L, SQLERRM;
                     %(enqueue)s;
                     RETURN NULL;
-                $template$, jsonb_build_object('source', t.source::text,
-                                               'enqueue', embeddings_internal.enqueue_statement(t, unfiltered))) || E'\n' END))
+                $template$, jsonb_build_object('source', t.source::text, 'enqueue', e.unfiltered)) || E'\n' END))
+    FROM e
 $$;
 
 -- The TRUNCATE trigger function of a target whose store is apart from its table: empties the
@@ -501,7 +536,8 @@ BEGIN
          'ours'),
         (prefix || '_update',
          embeddings_internal.statement_trigger_sql(t, prefix || '_update', queued.changed,
-                                          CASE WHEN by_function THEN queued.changed_unfiltered END, embeddings_internal.key_settings_sql(t)),
+                                          CASE WHEN by_function THEN queued.changed_unfiltered END, embeddings_internal.key_settings_sql(t),
+                                          sized => true),
          'ours');
     -- A store apart from the table: deleted rows' keys, queued whatever their content (the
     -- worker deletes their rows of the store), and TRUNCATE followed.
