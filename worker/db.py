@@ -25,6 +25,13 @@ from worker.conninfo import describe, redact
 logger = logging.getLogger(__name__)
 
 APPLICATION_NAME = "embed-worker"
+# What our sessions read and write text in, whatever the database's encoding or a client
+# setting (PGCLIENTENCODING, the URL's options, ALTER ROLE/DATABASE ... SET client_encoding)
+# says: psycopg reads jsonb (the queue's messages) as UTF-8 in any encoding, and a LATIN1
+# client cannot receive a CJK row at all. The server converts from the database's encoding; a
+# row it cannot convert fails alone. A startup parameter, so that RESET ALL comes back to it;
+# session_settings sets it again (behind a pooler, a server session's own value may differ).
+CLIENT_ENCODING = "UTF8"
 # The server's answer to a wrong password (libpq has no SQLSTATE for a failed connection).
 _AUTHENTICATION = re.compile(r'authentication failed for user "(?P<user>[^"]*)"')
 # Its answers that turn a connection away for now (no SQLSTATE either): the slots are full
@@ -68,7 +75,10 @@ def connect(
     (worker/session_guard.py)."""
     try:
         conninfo = make_conninfo(
-            dsn, application_name=APPLICATION_NAME, connect_timeout=str(connect_timeout)
+            dsn,
+            application_name=APPLICATION_NAME,
+            connect_timeout=str(connect_timeout),
+            client_encoding=CLIENT_ENCODING,
         )
         # No server-side prepared statements: behind a pooler in transaction mode (PgBouncer
         # before 1.21, or without max_prepared_statements) the next execution may reach a server
@@ -165,7 +175,12 @@ def pool(
     `open()`: a worker whose HTTP side never searches opens none. `per_transaction`: as
     connect()'s; such a connection is never `clean` (no session is ours between two
     transactions), so a search sends no statements of its own in one pipeline."""
-    conninfo = make_conninfo(dsn, application_name=APPLICATION_NAME, connect_timeout="10")
+    conninfo = make_conninfo(
+        dsn,
+        application_name=APPLICATION_NAME,
+        connect_timeout="10",
+        client_encoding=CLIENT_ENCODING,
+    )
 
     def configure(conn: session_guard.GuardedConnection) -> None:
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED  # (as connect() says why)

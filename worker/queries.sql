@@ -1110,7 +1110,8 @@ DISCARD PLANS;
 -- another session wrote meanwhile (a vector's write compares the content's md5, and skips a
 -- changed row) where REPEATABLE READ and SERIALIZABLE fail the whole transaction (40001); two
 -- workers and an application writing at once failed most batches so, spending the rows'
--- attempts (docs/reliability.md, "Isolation and conflicts").
+-- attempts (docs/reliability.md, "Isolation and conflicts"). Text in UTF-8, whatever the
+-- database's encoding or a client setting (worker/db.py: CLIENT_ENCODING says why).
 -- The settings themselves are session_settings', which follows in the same exchange
 -- (worker/session_guard.py: _settings), as it follows transaction_discard behind a pooler.
 RESET ALL;
@@ -1153,6 +1154,7 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', {local}),
        pg_catalog.set_config('DateStyle', 'ISO', {local}),
        pg_catalog.set_config('IntervalStyle', 'postgres', {local}),
        pg_catalog.set_config('standard_conforming_strings', 'on', {local}),
+       pg_catalog.set_config('client_encoding', 'UTF8', {local}),
        pg_catalog.pg_backend_pid() AS server_pid,
        CASE WHEN {local} THEN pg_catalog.pg_try_advisory_xact_lock({marker_1}, {marker_2}) END
          AS server_marker;

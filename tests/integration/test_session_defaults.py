@@ -21,6 +21,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.integration.conftest import register_tiny_models
 from tests.support.process import run_cli
 from worker import db, exceptions, schema
 from worker.models.query_batch import QueryBatchers
@@ -198,3 +199,47 @@ def test_a_worker_whose_sessions_time_out_at_once_says_how_to_give_them_longer(
     assert "statement_timeout (the database's, the role's or PGOPTIONS')" in done.stderr
     assert "PGOPTIONS='-c statement_timeout=0'" in done.stderr, done.stderr
     assert "cannot connect" not in done.stderr and "CONTEXT" not in done.stderr, done.stderr
+
+
+def test_a_client_encoding_other_than_utf8_does_not_stop_the_worker(
+    conn: Conn, dsn: str, run_once: Callable[..., Worker], tiny_models: tuple[str, str]
+) -> None:
+    """A database's (or role's, or PGCLIENTENCODING's) client_encoding of LATIN1: the worker
+    stopped at the first row Latin-1 cannot hold ("character with byte sequence 0xe6 0x97 0xa5
+    in encoding UTF8 has no equivalent in encoding LATIN1"), at every start. Our sessions read
+    and write UTF-8 whatever a client setting says."""
+    conn.execute("CREATE TABLE docs (id text PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (tiny_models[0],))
+    conn.execute("INSERT INTO docs VALUES ('日本1', '日本語の文章'), ('ø2', 'smørrebrød')")
+    conn.execute(f'ALTER DATABASE "{conn.info.dbname}" SET client_encoding = LATIN1')
+    run_once(model=tiny_models[0])
+    assert conn.execute("SELECT id FROM docs WHERE embedding IS NULL").fetchall() == []
+    done = run_cli("status", "docs", env={"DATABASE_URL": dsn, "PGCLIENTENCODING": "LATIN1"})
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_latin1_database_with_text_keys_is_embedded(
+    conn: Conn, dsn: str, run_once: Callable[..., Worker], tiny_models: tuple[str, str]
+) -> None:
+    """A LATIN1 database's client encoding is LATIN1 unless a client asks for another: the
+    queue's jsonb messages (keys 'Ä1', 'ø2') stopped the worker with a UnicodeDecodeError, at
+    every start."""
+    name = f"{conn.info.dbname}_latin1"
+    conn.execute(f'CREATE DATABASE "{name}" ENCODING LATIN1 LOCALE "C" TEMPLATE template0')
+    try:
+        latin1_dsn = psycopg.conninfo.make_conninfo(dsn, dbname=name)
+        schema.migrate(latin1_dsn)
+        with psycopg.connect(latin1_dsn, autocommit=True) as latin1:
+            assert latin1.info.encoding == "iso8859-1"
+            register_tiny_models(latin1)
+            latin1.execute('CREATE TABLE "Dokumente" ("Schlüssel" text PRIMARY KEY, body text)')
+            latin1.execute(
+                "SELECT embeddings.watch('\"Dokumente\"', 'body', model => %s)", (tiny_models[0],)
+            )
+            latin1.execute("INSERT INTO \"Dokumente\" VALUES ('Ä1', 'café'), ('ø2', 'smørrebrød')")
+            run_once(model=tiny_models[0], database_url=latin1_dsn)
+            assert latin1.execute(
+                'SELECT count(*) FROM "Dokumente" WHERE embedding IS NULL'
+            ).fetchone() == (0,)
+    finally:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

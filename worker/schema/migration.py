@@ -137,7 +137,7 @@ def _run_alembic_once(dsn: str, action: Callable[..., None], *args: str) -> Migr
     # serializable, a write beside it could fail it with a serialization failure).
     engine = create_engine(
         "postgresql+psycopg://",
-        creator=lambda: psycopg.connect(dsn),
+        creator=lambda: psycopg.connect(dsn, client_encoding=db.CLIENT_ENCODING),
         poolclass=NullPool,
         isolation_level="READ COMMITTED",
     )
