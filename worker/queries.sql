@@ -1539,3 +1539,42 @@ WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity
                 AND pg_catalog.obj_description(c.oid, 'pg_class')
                     LIKE '%, kept by embed-worker (embeddings.watch%' END
 ORDER BY 1;
+
+-- name: objects_in_our_schemas
+-- `downgrade` to base (worker/schema/install.py: uninstall): what schemas embeddings and
+-- embeddings_internal hold that DROP SCHEMA ... CASCADE would take along, each with its name,
+-- the statement word that moves it (ALTER <word> ... SET SCHEMA), its name as a statement
+-- writes it and its description: relations (not indexes, nor a sequence a column owns),
+-- standalone types (not a relation's row type, an array or a range's multirange), and
+-- functions where the schema is of 0.4.0's layout (embeddings_internal exists) and a function
+-- is not one watch() generated (embeddings_<id>_...).
+SELECT c.relname::text, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                 WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'S' THEN 'SEQUENCE'
+                                 WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END,
+       c.oid::pg_catalog.regclass::text, pg_catalog.pg_describe_object('pg_catalog.pg_class'::pg_catalog.regclass, c.oid, 0)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname IN ('embeddings', 'embeddings_internal')
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
+                    AND d.deptype IN ('a', 'i', 'e'))
+UNION ALL
+SELECT t.typname::text, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+       t.oid::pg_catalog.regtype::text, pg_catalog.pg_describe_object('pg_catalog.pg_type'::pg_catalog.regclass, t.oid, 0)
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+WHERE n.nspname IN ('embeddings', 'embeddings_internal')
+  AND t.typrelid = 0 AND t.typelem = 0
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid
+                    AND d.deptype IN ('i', 'e'))
+UNION ALL
+SELECT p.proname::text, CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+       p.oid::pg_catalog.regprocedure::text, pg_catalog.pg_describe_object('pg_catalog.pg_proc'::pg_catalog.regclass, p.oid, 0)
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname IN ('embeddings', 'embeddings_internal')
+  AND pg_catalog.to_regnamespace('embeddings_internal') IS NOT NULL
+  AND p.proname !~ '^embeddings_[0-9]+_'
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                    AND d.deptype = 'e')
+ORDER BY 4;
