@@ -677,21 +677,69 @@ $$;
 -- (`pg_dump -t`) and restored into another database brings its triggers, which call that
 -- database's functions of the same target id (own_table_check_sql() keeps them from acting).
 -- watch() drops those on its table; doctor lists them all (worker/queries.sql: stray_objects).
-CREATE FUNCTION embeddings_internal.stray_triggers() RETURNS TABLE (name name, rel regclass, target_id integer)
+-- `on_tables`: those on these tables only (NULL: on any).
+CREATE FUNCTION embeddings_internal.stray_triggers(on_tables regclass[] DEFAULT NULL) RETURNS TABLE (name name, rel regclass, target_id integer)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT g.tgname, g.tgrelid::regclass, g.target_id
     FROM (SELECT t.tgname, t.tgrelid, substring(t.tgname FROM '^embeddings_([0-9]+)_')::integer AS target_id
           FROM pg_trigger t
           WHERE t.tgparentid = 0  -- clones go with their parent trigger
+            AND (on_tables IS NULL OR t.tgrelid = ANY (on_tables::oid[]))
             AND t.tgname ~ '^embeddings_[0-9]{1,9}_(insert|update|clear|replica|delete|truncate)$') g
     WHERE NOT EXISTS (SELECT FROM embeddings.targets o
                       WHERE o.id = g.target_id AND g.tgrelid IN (SELECT * FROM embeddings_internal.covered_tables(o)))
 $$;
 
+-- Row-level security policies of ours (named embeddings_<id>_visible and calling a visibility
+-- function of ours, sql/54_stores.sql: a user's own policy of that name calls none) on a table
+-- that is not the store of the target they name, with that target (which may not exist): a
+-- side or chunk table dumped alone and restored into another database, or over a table of the
+-- same name, brings its policy bound to that database's function of the same target id, which
+-- shows the table's rows by another table's (policies are permissive: ORed with its own).
+-- watch() drops those on its tables; doctor lists them all (worker/queries.sql: stray_objects).
+-- `on_tables`: those on these tables only (NULL: on any).
+CREATE FUNCTION embeddings_internal.stray_policies(on_tables regclass[] DEFAULT NULL) RETURNS TABLE (name name, rel regclass, target_id integer)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pol.polname, pol.polrelid::regclass, substring(pol.polname FROM '^embeddings_([0-9]+)_')::integer
+    FROM pg_policy pol
+    WHERE pol.polname ~ '^embeddings_[0-9]{1,9}_visible$'
+      AND (on_tables IS NULL OR pol.polrelid = ANY (on_tables::oid[]))
+      AND EXISTS (SELECT FROM pg_depend d JOIN pg_proc p ON p.oid = d.refobjid
+                  WHERE d.classid = 'pg_policy'::regclass AND d.objid = pol.oid AND d.refclassid = 'pg_proc'::regclass
+                    AND p.pronamespace = 'embeddings'::regnamespace AND p.proname ~ '^embeddings_[0-9]+_visible$'
+                    AND p.proowner = (SELECT n.nspowner FROM pg_namespace n WHERE n.oid = 'embeddings'::regnamespace))
+      AND NOT EXISTS (SELECT FROM embeddings.targets o
+                      WHERE pol.polname = 'embeddings_' || o.id || '_visible' AND o.store_table = pol.polrelid)
+$$;
+
+-- Drops what a restore brought onto target t's tables of other targets (or of none): triggers
+-- on the tables it covers (stray_triggers()), policies on those and its store
+-- (stray_policies()), each with a NOTICE. Called by install_triggers() and by watch() of a
+-- target it leaves as it is.
+CREATE FUNCTION embeddings_internal.drop_strays(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    covered regclass[] := ARRAY(SELECT * FROM embeddings_internal.covered_tables(t));
+    stray record;
+BEGIN
+    -- Other targets' triggers (or none's) on its tables: strays a restore brought.
+    FOR stray IN SELECT * FROM embeddings_internal.stray_triggers(covered) LOOP
+        EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', stray.name, 'rel', stray.rel::text));
+        RAISE NOTICE 'embeddings: dropped trigger % on %: it called the code of target %, which is not this table''s (restored from another database?)',
+            stray.name, stray.rel, stray.target_id;
+    END LOOP;
+    FOR stray IN SELECT * FROM embeddings_internal.stray_policies(covered || t.store_table) LOOP
+        EXECUTE embeddings_internal.render('DROP POLICY %(name)I ON %(rel)s', jsonb_build_object('name', stray.name, 'rel', stray.rel::text));
+        RAISE NOTICE 'embeddings: dropped policy % on %: it showed the table''s rows by the rows of target %, which is not this table''s (restored from another database?)',
+            stray.name, stray.rel, stray.target_id;
+    END LOOP;
+END
+$$;
+
 -- Brings target t's triggers in line with its registration and its table as it is now: the
 -- functions regenerated (the table owner's too, sql/32_access.sql), statement triggers on the
 -- table and each of its partitions (dropped from tables no longer covered), the row triggers,
--- replica mode; triggers of other targets (or of none) on its tables dropped (stray_triggers()).
+-- replica mode; what a restore left of other targets on its tables dropped (drop_strays()).
 -- With has_triggers false, drops the triggers; with a problem, the functions
 -- too. Returns the tables newly covered (partitions attached since), whose rows the caller may
 -- need to enqueue.
@@ -703,17 +751,8 @@ DECLARE
     added regclass[] := '{}';
     made record;
     row_trigger text;
-    stray record;
 BEGIN
-    -- Other targets' triggers (or none's) on its tables: strays a restore brought.
-    FOR stray IN
-        SELECT * FROM embeddings_internal.stray_triggers() s
-        WHERE s.rel IN (SELECT * FROM embeddings_internal.covered_tables(t))
-    LOOP
-        EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', stray.name, 'rel', stray.rel::text));
-        RAISE NOTICE 'embeddings: dropped trigger % on %: it called the code of target %, which is not this table''s (restored from another database?)',
-            stray.name, stray.rel, stray.target_id;
-    END LOOP;
+    PERFORM embeddings_internal.drop_strays(t);
     IF t.problem IS NOT NULL THEN
         PERFORM embeddings_internal.drop_triggers(t);
         PERFORM embeddings_internal.drop_access(t);

@@ -928,6 +928,9 @@ BEGIN
     SELECT * INTO previous FROM embeddings.targets tg  -- (again: after the lock)
     WHERE tg.source = o.source AND tg.embedding_column = o.embedding_column;
     plan := embeddings_internal.watch_resolve(o, previous);
+    IF previous.id IS NOT NULL THEN  -- (of a new target, or one it changes: install_triggers())
+        PERFORM embeddings_internal.drop_strays(previous);  -- what a restore left on its tables
+    END IF;
     -- Another model on a watched plain target: a blue/green change (sql/44_changes.sql), which
     -- checks the rest itself (the column is the old model's until the swap).
     changing := embeddings_internal.watch_model_change(o, plan, previous);

@@ -202,10 +202,11 @@ $$;
 -- refreshes the targets on the tables (or partition trees, content functions, generated
 -- functions, schemas holding them) the command touched. It
 -- never fails the user's DDL: a target that cannot be refreshed gets a problem and a WARNING.
--- Except one: renaming schema embeddings or embeddings_internal is refused (the ALTER rolls
--- back). Every function of ours, the generated trigger functions among them, names its tables
--- by schema (fixed search paths): renamed, every write to a watched table would fail. No
--- release renames them (migrations and downgrades create and drop, never rename).
+-- Except these: renaming schema embeddings, embeddings_internal or pgmq is refused (the ALTER
+-- rolls back). Every function of ours, the generated trigger functions among them, names its
+-- tables by schema (fixed search paths): renamed, every write to a watched table (or every
+-- read of the queues) would fail. No release renames them (migrations and downgrades create
+-- and drop, never rename).
 CREATE FUNCTION embeddings_internal.follow_schema_changes() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -221,6 +222,18 @@ BEGIN
         RAISE EXCEPTION 'embeddings: schema % holds embed-worker''s tables or functions, which name it by its name (embeddings or embeddings_internal): renamed, every write to a watched table would fail', renamed
             USING ERRCODE = 'object_in_use',
                   HINT = 'Keep its name. The schemas of watched tables may be renamed: their targets follow.';
+    END IF;
+    -- pgmq's schema (the extension's, or its SQL installed as plain SQL): ours and pgmq's own
+    -- functions name it pgmq (its extension is not relocatable).
+    SELECT n.nspname INTO renamed
+    FROM pg_event_trigger_ddl_commands() c JOIN pg_namespace n ON n.oid = c.objid
+    WHERE c.command_tag = 'ALTER SCHEMA' AND c.classid = 'pg_namespace'::regclass
+      AND n.nspname <> 'pgmq' AND to_regnamespace('pgmq') IS NULL
+      AND EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = n.oid AND p.proname = 'format_table_name');
+    IF renamed IS NOT NULL THEN
+        RAISE EXCEPTION 'embeddings: schema % is pgmq''s, which embed-worker''s queues are in and its functions name pgmq: renamed, the worker, sweep() and status would fail on every queue', renamed
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Keep its name while embed-worker is installed (`embed-worker downgrade base` removes it).';
     END IF;
     BEGIN
         -- Our own DDL (watch(), regenerating triggers) runs inside; it needs no following.

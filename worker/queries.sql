@@ -1466,10 +1466,10 @@ JOIN net._http_response r ON r.id = d.request_id AND r.created >= d.sent_at
 WHERE d.answered_at IS NULL AND (r.status_code IS NULL OR r.status_code NOT BETWEEN 200 AND 299)
 
 -- name: renamed_schemas
--- `doctor`: a schema holding embed-worker's tables (its targets and made_tables) or its internal
--- functions under another name than theirs, whose name no schema has (an ALTER SCHEMA ... RENAME
--- where no event trigger refused it: a non-superuser install): its name, the one it must have,
--- and its name as a statement writes it.
+-- `doctor`: a schema holding embed-worker's tables (its targets and made_tables), its internal
+-- functions or pgmq under another name than theirs, whose name no schema has (an ALTER SCHEMA
+-- ... RENAME where no event trigger refused it: a non-superuser install): its name, the one it
+-- must have, and its name as a statement writes it.
 SELECT n.nspname::text, w.wanted, pg_catalog.quote_ident(n.nspname)
 FROM pg_catalog.pg_namespace n
 CROSS JOIN LATERAL (
@@ -1482,17 +1482,24 @@ CROSS JOIN LATERAL (
         WHEN n.nspname <> 'embeddings'
          AND EXISTS (SELECT FROM pg_catalog.pg_proc p
                      WHERE p.pronamespace = n.oid AND p.proname = 'follow_schema_changes')
-        THEN 'embeddings_internal' END AS wanted) w
+        THEN 'embeddings_internal'
+        -- pgmq's (the extension's or its plain SQL's), renamed before our event trigger could
+        -- refuse it (before install, or in an install by a non-superuser)
+        WHEN EXISTS (SELECT FROM pg_catalog.pg_proc p
+                     WHERE p.pronamespace = n.oid AND p.proname = 'format_table_name')
+         AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.relnamespace = n.oid AND c.relname = 'meta')
+        THEN 'pgmq' END AS wanted) w
 WHERE w.wanted IS NOT NULL AND n.nspname <> w.wanted
   AND pg_catalog.to_regnamespace(w.wanted) IS NULL
 ORDER BY 2;
 
 -- name: stray_objects
--- `doctor`: triggers and policies named as a target's (embeddings_<id>_<kind>) on a table that is
--- not that target's table, a partition of it or its store: a table dumped alone (`pg_dump -t`)
--- and restored into another database brings them, bound to this database's target of the same
--- id, or to none (sql/30_triggers.sql: stray_triggers() is watch()'s view of the same); each
--- with its name as a statement writes it.
+-- `doctor`: triggers and policies named as a target's (embeddings_<id>_<kind>; a policy, calling a
+-- visibility function of ours) on a table that is not that target's table, a partition of it
+-- or its store: a table dumped alone (`pg_dump -t`) and restored into another database brings
+-- them, bound to this database's target of the same id, or to none (sql/30_triggers.sql:
+-- stray_triggers() and stray_policies() are watch()'s view of the same); each with its name as
+-- a statement writes it.
 SELECT s.kind, s.name::text, s.rel::regclass::text, s.target_id, t.source::text, pg_catalog.quote_ident(s.name)
 FROM (SELECT 'trigger' AS kind, g.tgname AS name, g.tgrelid AS rel,
              substring(g.tgname FROM '^embeddings_([0-9]+)_')::integer AS target_id
@@ -1502,9 +1509,74 @@ FROM (SELECT 'trigger' AS kind, g.tgname AS name, g.tgrelid AS rel,
       UNION ALL
       SELECT 'policy', p.polname, p.polrelid, substring(p.polname FROM '^embeddings_([0-9]+)_')::integer
       FROM pg_catalog.pg_policy p
-      WHERE p.polname ~ '^embeddings_[0-9]{1,9}_visible$') s
+      WHERE p.polname ~ '^embeddings_[0-9]{1,9}_visible$'
+        -- ours: it calls a visibility function of ours (a user's own policy of the name does not)
+        AND EXISTS (SELECT FROM pg_catalog.pg_depend d
+                    JOIN pg_catalog.pg_proc f ON f.oid = d.refobjid
+                    JOIN pg_catalog.pg_namespace n ON n.oid = f.pronamespace
+                    WHERE d.classid = 'pg_catalog.pg_policy'::pg_catalog.regclass AND d.objid = p.oid
+                      AND d.refclassid = 'pg_catalog.pg_proc'::pg_catalog.regclass
+                      AND n.nspname = 'embeddings' AND f.proowner = n.nspowner
+                      AND f.proname ~ '^embeddings_[0-9]+_visible$')) s
 LEFT JOIN embeddings.targets t ON t.id = s.target_id
 WHERE t.id IS NULL
    OR NOT (s.rel IN (t.source, t.store_table)
            OR s.rel IN (SELECT r.relid FROM pg_catalog.pg_partition_tree(t.source) r))
 ORDER BY 3, 2;
+
+-- name: stores_without_policy
+-- `doctor`: side and chunk tables with row-level security on and no policy, which show their
+-- rows to their owner only (the worker; no searcher): a target's store whose policy was dropped
+-- (a target with a problem has none: that is reported as its problem), or a table watch()
+-- made in another database (its comment says so) that is no store here, restored without its
+-- policy (which names a visibility function this database lacks); each with the target's id
+-- and table, NULL for none.
+SELECT c.oid::pg_catalog.regclass::text, t.id, t.source::text
+FROM pg_catalog.pg_class c
+LEFT JOIN embeddings.targets t ON t.store_table = c.oid AND t.store_table <> t.source
+WHERE c.relkind IN ('r', 'p') AND c.relrowsecurity
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_policy p WHERE p.polrelid = c.oid)
+  AND CASE WHEN t.id IS NOT NULL THEN t.problem IS NULL
+           ELSE NOT EXISTS (SELECT FROM embeddings.made_tables m WHERE m.store = c.oid)
+                AND pg_catalog.obj_description(c.oid, 'pg_class')
+                    LIKE '%, kept by embed-worker (embeddings.watch%' END
+ORDER BY 1;
+
+-- name: objects_in_our_schemas
+-- `downgrade` to base (worker/schema/install.py: uninstall): what schemas embeddings and
+-- embeddings_internal hold that DROP SCHEMA ... CASCADE would take along, each with its name,
+-- the statement word that moves it (ALTER <word> ... SET SCHEMA), its name as a statement
+-- writes it and its description: relations (not indexes, nor a sequence a column owns),
+-- standalone types (not a relation's row type, an array or a range's multirange), and
+-- functions where the schema is of 0.4.0's layout (embeddings_internal exists) and a function
+-- is not one watch() generated (embeddings_<id>_...).
+SELECT c.relname::text, CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                 WHEN 'f' THEN 'FOREIGN TABLE' WHEN 'S' THEN 'SEQUENCE'
+                                 WHEN 'c' THEN 'TYPE' ELSE 'TABLE' END,
+       c.oid::pg_catalog.regclass::text, pg_catalog.pg_describe_object('pg_catalog.pg_class'::pg_catalog.regclass, c.oid, 0)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname IN ('embeddings', 'embeddings_internal')
+  AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S', 'c')
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_class'::pg_catalog.regclass AND d.objid = c.oid
+                    AND d.deptype IN ('a', 'i', 'e'))
+UNION ALL
+SELECT t.typname::text, CASE t.typtype WHEN 'd' THEN 'DOMAIN' ELSE 'TYPE' END,
+       t.oid::pg_catalog.regtype::text, pg_catalog.pg_describe_object('pg_catalog.pg_type'::pg_catalog.regclass, t.oid, 0)
+FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+WHERE n.nspname IN ('embeddings', 'embeddings_internal')
+  AND t.typrelid = 0 AND t.typelem = 0
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_type'::pg_catalog.regclass AND d.objid = t.oid
+                    AND d.deptype IN ('i', 'e'))
+UNION ALL
+SELECT p.proname::text, CASE p.prokind WHEN 'p' THEN 'PROCEDURE' WHEN 'a' THEN 'AGGREGATE' ELSE 'FUNCTION' END,
+       p.oid::pg_catalog.regprocedure::text, pg_catalog.pg_describe_object('pg_catalog.pg_proc'::pg_catalog.regclass, p.oid, 0)
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+WHERE n.nspname IN ('embeddings', 'embeddings_internal')
+  AND pg_catalog.to_regnamespace('embeddings_internal') IS NOT NULL
+  AND p.proname !~ '^embeddings_[0-9]+_'
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_depend d
+                  WHERE d.classid = 'pg_catalog.pg_proc'::pg_catalog.regclass AND d.objid = p.oid
+                    AND d.deptype = 'e')
+ORDER BY 4;

@@ -50,13 +50,24 @@ $$;
 
 DO $$
 DECLARE
-    cron_db text := current_setting('cron.database_name', true);
+    cron_db text;
 BEGIN
     IF EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron') THEN
         RETURN;
     ELSIF NOT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron') THEN
         RAISE NOTICE 'pg_cron skipped: not available on this server (embeddings.sweep() can still be scheduled by other means)';
-    ELSIF cron_db IS NULL THEN
+        RETURN;
+    END IF;
+    -- Preloaded, pg_cron's settings are readable by superusers and pg_read_all_settings only:
+    -- a database's owner that is neither (a managed service's installer) is told, not failed.
+    BEGIN
+        cron_db := current_setting('cron.database_name', true);
+    EXCEPTION WHEN insufficient_privilege THEN
+        RAISE NOTICE 'pg_cron skipped: % may not read cron.database_name, the database pg_cron runs jobs in (it needs pg_read_all_settings); as a superuser, SHOW cron.database_name: if it is %, run CREATE EXTENSION pg_cron in it, then SELECT embeddings.schedule_sweep(); if another, `embed-worker doctor` says how to schedule the sweep from there',
+            current_user, current_database();
+        RETURN;
+    END;
+    IF cron_db IS NULL THEN
         RAISE NOTICE 'pg_cron skipped: not in shared_preload_libraries';
     ELSIF cron_db <> current_database() THEN
         RAISE NOTICE 'pg_cron skipped: it runs in database "%" (cron.database_name), not "%"', cron_db, current_database();

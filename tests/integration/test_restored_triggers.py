@@ -197,3 +197,29 @@ def test_doctor_names_stray_triggers_and_policies(
     said = strays["trigger embeddings_1_clear on public.docs"]
     assert said.level == "FAIL" and "target 1, which watches public.other" in said.detail
     assert said.fix.endswith("DROP TRIGGER embeddings_1_clear ON public.docs")
+
+
+def test_watch_again_of_a_watched_table_drops_stray_triggers(other_db: Conn) -> None:
+    """A table restored over a watched one of the same name (pg_restore goes on past its
+    CREATE TABLE) gets the dump's triggers beside its own: watch() of it, which changes nothing
+    else, drops them, as doctor's fix says."""
+    other_db.execute("CREATE TABLE other (id bigint PRIMARY KEY, txt text)")
+    other_db.execute("SELECT embeddings.watch('other', 'txt', embedding_column => 'vec')")
+    other_db.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    assert other_db.execute("SELECT embeddings.watch('docs', 'body')").fetchone() == (2,)
+    other_db.execute(
+        "CREATE TRIGGER embeddings_1_insert AFTER INSERT ON docs REFERENCING NEW TABLE AS new_rows"
+        " FOR EACH STATEMENT EXECUTE FUNCTION embeddings.embeddings_1_insert()"
+    )
+
+    assert other_db.execute("SELECT embeddings.watch('docs', 'body')").fetchone() == (2,)
+
+    names = other_db.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = 'docs'::regclass AND NOT tgisinternal"
+        " ORDER BY 1"
+    ).fetchall()
+    assert [n[0] for n in names] == [
+        "embeddings_2_clear",
+        "embeddings_2_insert",
+        "embeddings_2_update",
+    ]

@@ -76,6 +76,8 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
             found += push_findings.findings(conn)
             if _can_read(conn, "embeddings.targets"):
                 found += restored.strays(conn)
+                if _can_read(conn, "embeddings.made_tables"):
+                    found += restored.stores_without_policy(conn)
         found += _cron(conn, dsn)
     return found
 

@@ -4,6 +4,7 @@ which revisions shipped in a release: their pinned digests, `make freeze-release
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,22 @@ def install_files(sql: Path | None = None) -> list[Path]:
     if not files:
         raise exceptions.EmbedWorkerError(f"no schema files found in {sql}")
     return files
+
+
+# A name our SQL gives in schema embeddings or embeddings_internal (created, altered, dropped or
+# called): `embeddings.watch`, `embeddings_internal."quoted"`.
+_OUR_NAME = re.compile(r'\bembeddings(?:_internal)?\.("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
+
+
+def our_names(sql: Path | None = None, versions: Path | None = None) -> frozenset[str]:
+    """Every name our SQL (`sql/`, and the revisions' state files, whose upgrades drop what
+    older releases had) qualifies with one of our schemas: what of theirs is ours."""
+    paths = [*(sql or sql_dir()).rglob("*.sql"), *(versions or versions_dir()).rglob("*.sql")]
+    found = set()
+    for path in paths:
+        for name in _OUR_NAME.findall(path.read_text(encoding="utf-8")):
+            found.add(name[1:-1].replace('""', '"') if name.startswith('"') else name.lower())
+    return frozenset(found)
 
 
 def revision_name(revision: str, versions: Path | None = None) -> str:

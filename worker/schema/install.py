@@ -87,10 +87,33 @@ def use_installer_path(conn: Connection) -> None:
 
 def uninstall(conn: Connection) -> None:
     """Removes the schema installed by `install` (user data stays). Raises EmbedWorkerError,
-    naming them, when objects not ours depend on the schema (uninstall.sql refuses to drop them
-    along; the caller's transaction undoes the rest)."""
+    naming them, when objects not ours are in our schemas or depend on them (uninstall.sql
+    refuses to drop the latter along; the caller's transaction undoes the rest)."""
+    refuse_foreign_objects(conn)
     try:
         run_files(conn, [files.sql_dir() / "uninstall.sql"])
     except psycopg.errors.DependentObjectsStillExist as exc:
         diag = exc.diag
         raise exceptions.EmbedWorkerError(f"{diag.message_primary}\n{diag.message_hint}") from None
+
+
+def refuse_foreign_objects(conn: Connection) -> None:
+    """Raises EmbedWorkerError before anything is dropped when schema embeddings or
+    embeddings_internal holds objects our SQL does not name (a user's view or table made in
+    it): DROP SCHEMA ... CASCADE would take them along without a word. Names each, with the
+    statement that moves it out."""
+    ours = files.our_names()
+    foreign = [
+        (word, quoted, described)
+        for name, word, quoted, described in conn.execute(queries.get("objects_in_our_schemas"))
+        if name not in ours
+    ]
+    if not foreign:
+        return
+    listed = "\n".join(f"  {described}" for _, _, described in foreign)
+    moves = "\n".join(f"  ALTER {word} {quoted} SET SCHEMA public;" for word, quoted, _ in foreign)
+    raise exceptions.EmbedWorkerError(
+        "cannot remove the embeddings schema: these objects in it are not embed-worker's, and "
+        f"would be dropped with it:\n{listed}\nMove them to a schema of yours first, e.g.:\n"
+        f"{moves}\nthen downgrade again; nothing was changed"
+    )
