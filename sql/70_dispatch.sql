@@ -173,7 +173,9 @@ BEGIN
         FROM answered a, unnest(a.lanes, a.msg_ids, a.read_cts, a.vts) AS j (lane, msg_id, read_ct, vt)
         WHERE a.error IS NOT NULL;
         DELETE FROM embeddings.dispatched d WHERE d.request_id = ANY (went_well);
-        IF cardinality(urls) > 0 THEN
+        -- (all went well, and no endpoint was failing: nothing to note)
+        IF cardinality(urls) > 0
+           AND (cardinality(failed) > 0 OR EXISTS (SELECT FROM embeddings.dispatch_endpoints)) THEN
             PERFORM embeddings_internal.note_endpoints(urls, sent_ats, errors);
         END IF;
     END IF;
@@ -195,7 +197,9 @@ BEGIN
     DELETE FROM embeddings.dispatched d
     WHERE d.sent_at < now() - least(ttl, interval '1 hour')
       AND (d.answered_at < now() - interval '1 hour' OR d.sent_at < now() - ttl);
-    PERFORM embeddings_internal.hold_unanswered();
+    IF since IS NOT NULL THEN  -- (some request was unanswered)
+        PERFORM embeddings_internal.hold_unanswered();
+    END IF;
     RETURN cardinality(back);
 END
 $$;
