@@ -122,6 +122,8 @@ COMMENT ON FUNCTION embeddings.dispatch_batches IS
 -- the message is still in the read dispatch() made (the same read_ct and vt): a job the worker
 -- did receive (leased again, renewed, failed with a backoff, handed back) or that was read again
 -- since is left alone, so the worker's own failures stay attempts. Returns the jobs given back.
+-- The answers also say how each endpoint fares (note_endpoints(): its backoff), and a request
+-- not answered yet keeps the jobs of its read past their lease (hold_unanswered()).
 -- Forgets answered requests that went well, failed ones after an hour (doctor's window) and
 -- unanswered ones after pg_net's TTL (its answer is gone by then).
 CREATE FUNCTION embeddings_internal.settle_dispatched() RETURNS integer
@@ -139,6 +141,10 @@ DECLARE
     failed bigint[];  -- the failed requests
     went_well bigint[];  -- the requests the worker took: forgotten at once
     back bigint[] := '{}';  -- a request's id per job given back
+    -- each answered request's endpoint, sending time and error (NULL: it went well)
+    urls text[];
+    sent_ats timestamptz[];
+    errors text[];
     lane_queue record;
     lane_table text;
 BEGIN
@@ -159,11 +165,19 @@ BEGIN
         )
         SELECT coalesce(array_agg(a.request_id), '{}'), array_agg(a.queue), array_agg(j.lane), array_agg(j.msg_id),
                array_agg(j.read_ct), array_agg(j.vt), coalesce(array_agg(DISTINCT a.request_id), '{}'),
-               ARRAY(SELECT o.request_id FROM answered o WHERE o.error IS NULL)
-        INTO requests, queues, lanes, msg_ids, read_cts, vts, failed, went_well
+               ARRAY(SELECT o.request_id FROM answered o WHERE o.error IS NULL),
+               ARRAY(SELECT o.url FROM answered o ORDER BY o.request_id),
+               ARRAY(SELECT o.sent_at FROM answered o ORDER BY o.request_id),
+               ARRAY(SELECT o.error FROM answered o ORDER BY o.request_id)
+        INTO requests, queues, lanes, msg_ids, read_cts, vts, failed, went_well, urls, sent_ats, errors
         FROM answered a, unnest(a.lanes, a.msg_ids, a.read_cts, a.vts) AS j (lane, msg_id, read_ct, vt)
         WHERE a.error IS NOT NULL;
         DELETE FROM embeddings.dispatched d WHERE d.request_id = ANY (went_well);
+        -- (all went well, and no endpoint was failing: nothing to note)
+        IF cardinality(urls) > 0
+           AND (cardinality(failed) > 0 OR EXISTS (SELECT FROM embeddings.dispatch_endpoints)) THEN
+            PERFORM embeddings_internal.note_endpoints(urls, sent_ats, errors);
+        END IF;
     END IF;
     FOR lane_queue IN SELECT DISTINCT q, l FROM unnest(queues, lanes) AS x (q, l) LOOP
         lane_table := embeddings_internal.lane_table(lane_queue.q, lane_queue.l);
@@ -183,13 +197,116 @@ BEGIN
     DELETE FROM embeddings.dispatched d
     WHERE d.sent_at < now() - least(ttl, interval '1 hour')
       AND (d.answered_at < now() - interval '1 hour' OR d.sent_at < now() - ttl);
+    IF since IS NOT NULL THEN  -- (some request was unanswered)
+        PERFORM embeddings_internal.hold_unanswered();
+    END IF;
     RETURN cardinality(back);
+END
+$$;
+
+-- The jobs of requests pg_net has not answered yet that are still in the read their request
+-- made (same msg_id, read_ct and vt) and past that read's lease: leased a minute more, the new
+-- vt recorded with the request, so that no dispatch() reads and posts them again before the
+-- answer says whether the post reached the worker. pg_net answers a timeout only after the
+-- lease has ended (its timeout is the lease, counted from when its worker takes the request,
+-- and it commits the answers of a batch of requests when the last of them is done): without
+-- the hold, a timed-out post was given back only where its answer came before the next
+-- dispatch(); after it, that dispatch() read the jobs again and the post counted. Every
+-- dispatch() renews the hold (settle_dispatched()) until the answer comes or pg_net's TTL
+-- passes (the request forgotten). Returns the jobs held.
+CREATE FUNCTION embeddings_internal.hold_unanswered() RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
+DECLARE
+    lane_queue record;
+    lane_table text;
+    held integer;
+    total integer := 0;
+BEGIN
+    FOR lane_queue IN SELECT DISTINCT d.queue AS q, j.lane AS l
+                      FROM embeddings.dispatched d, unnest(d.lanes, d.vts) AS j (lane, vt)
+                      WHERE d.answered_at IS NULL AND j.vt <= clock_timestamp() LOOP
+        lane_table := embeddings_internal.lane_table(lane_queue.q, lane_queue.l);
+        CONTINUE WHEN to_regclass(format('pgmq.%I', lane_table)) IS NULL;  -- the queue dropped since
+        EXECUTE format(
+            'WITH held AS (UPDATE pgmq.%I q SET vt = clock_timestamp() + interval ''1 minute'''
+            ' FROM (SELECT d.request_id, j.n, j.msg_id, j.read_ct, j.vt FROM embeddings.dispatched d,'
+            '             unnest(d.lanes, d.msg_ids, d.read_cts, d.vts) WITH ORDINALITY AS j (lane, msg_id, read_ct, vt, n)'
+            '       WHERE d.answered_at IS NULL AND d.queue = $1 AND j.lane = $2 AND j.vt <= clock_timestamp()) j'
+            ' WHERE q.msg_id = j.msg_id AND q.read_ct = j.read_ct AND q.vt = j.vt'
+            ' RETURNING j.request_id, j.n, q.vt),'
+            ' recorded AS (UPDATE embeddings.dispatched d'
+            ' SET vts = ARRAY(SELECT coalesce(h.vt, v.vt) FROM unnest(d.vts) WITH ORDINALITY AS v (vt, n)'
+            '                 LEFT JOIN held h ON h.request_id = d.request_id AND h.n = v.n ORDER BY v.n)'
+            ' WHERE d.request_id IN (SELECT h.request_id FROM held h))'
+            ' SELECT count(*) FROM held', lane_table)
+        INTO held USING lane_queue.q, lane_queue.l;
+        total := total + held;
+    END LOOP;
+    RETURN total;
+END
+$$;
+
+-- How each endpoint (dispatch()'s url) fares, from the answers settle_dispatched() just read:
+-- each request's url, sending time and error (NULL: it went well). A post that went well
+-- clears its endpoint's failures; the failed posts since the last one that went well count up,
+-- and from the third in a row on, the endpoint is backing off (embeddings.dispatch_endpoints:
+-- next_probe_at): dispatch() posts it one job (a probe) when the last probe is answered and a
+-- delay has passed, 10 s after the third failure, doubling with each failed probe up to 5
+-- minutes, until a post goes through. Says so in the server's log: a WARNING as the endpoint
+-- starts backing off (pg_cron reports every run as succeeded), a LOG line when it recovers.
+CREATE FUNCTION embeddings_internal.note_endpoints(urls text[], sent_ats timestamptz[], errors text[])
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    backoff_after CONSTANT integer := 3;
+    answer record;
+    was embeddings.dispatch_endpoints;
+    now_failed integer;
+BEGIN
+    FOR answer IN
+        WITH a AS (SELECT * FROM unnest(urls, sent_ats, errors) AS a (url, sent_at, error)),
+        last_ok AS (SELECT a.url, max(a.sent_at) FILTER (WHERE a.error IS NULL) AS at FROM a GROUP BY a.url)
+        SELECT l.url, l.at AS last_ok, count(a.url) AS failed, min(a.sent_at) AS first_failed,
+               (array_agg(a.error ORDER BY a.sent_at DESC))[1] AS last_error
+        FROM last_ok l
+        LEFT JOIN a ON a.url = l.url AND a.error IS NOT NULL AND (l.at IS NULL OR a.sent_at > l.at)
+        GROUP BY l.url, l.at
+    LOOP
+        SELECT * INTO was FROM embeddings.dispatch_endpoints e WHERE e.url = answer.url FOR UPDATE;
+        IF answer.last_ok IS NOT NULL AND was.url IS NOT NULL THEN
+            DELETE FROM embeddings.dispatch_endpoints e WHERE e.url = answer.url;
+            IF was.next_probe_at IS NOT NULL THEN
+                RAISE LOG 'embeddings.dispatch(): posts to % go through again, after % failed since %',
+                    answer.url, was.failed_posts, was.failing_since;
+            END IF;
+            was := NULL;
+        END IF;
+        CONTINUE WHEN answer.failed = 0;
+        INSERT INTO embeddings.dispatch_endpoints AS e (url, failed_posts, failing_since, last_error)
+        VALUES (answer.url, answer.failed, answer.first_failed, answer.last_error)
+        ON CONFLICT (url) DO UPDATE SET failed_posts = e.failed_posts + excluded.failed_posts,
+                                        last_error = excluded.last_error
+        RETURNING e.failed_posts INTO now_failed;
+        CONTINUE WHEN now_failed < backoff_after;
+        UPDATE embeddings.dispatch_endpoints e
+        SET next_probe_at = clock_timestamp()
+                            + least(interval '10 seconds' * 2 ^ least(now_failed - backoff_after, 5), interval '5 minutes')
+        WHERE e.url = answer.url;
+        IF was.next_probe_at IS NULL THEN
+            RAISE WARNING 'embeddings.dispatch(): % posts in a row to % failed, since %; the last: %',
+                now_failed, answer.url, coalesce(was.failing_since, answer.first_failed), answer.last_error
+                USING HINT = 'Backing off: one job at a time, at most every 5 minutes, until a post goes through. '
+                             'embed-worker doctor reports it; docs/supabase.md, "Troubleshooting push mode".';
+        END IF;
+    END LOOP;
 END
 $$;
 
 -- Posts each batch with pg_net (asynchronously: responses land in net._http_response), and
 -- records each request (embeddings.dispatched) after settling those of earlier runs whose
--- answer came (settle_dispatched()): an undelivered post is not an attempt.
+-- answer came (settle_dispatched()): an undelivered post is not an attempt. An endpoint
+-- backing off (its posts kept failing: note_endpoints()) gets one job, a probe, when one is
+-- due, and nothing in between: no job is read for it.
 -- `token` is sent as a bearer token (the worker's EMBED_HTTP_TOKEN). Returns the number of
 -- requests made.
 CREATE FUNCTION embeddings.dispatch(
@@ -205,6 +322,7 @@ DECLARE
     request record;
     request_id bigint;
     requests integer := 0;
+    probe_at timestamptz;
 BEGIN
     IF to_regprocedure('net.http_post(text, jsonb, jsonb, jsonb, integer)') IS NULL THEN
         RAISE EXCEPTION 'pg_net is not installed in this database'
@@ -216,6 +334,15 @@ BEGIN
         RAISE WARNING 'embeddings.dispatch(): % cannot read net._http_response: posts that failed count as attempts', current_user
             USING HINT = 'GRANT SELECT ON net._http_response TO the role that runs dispatch().';
     END IF;
+    SELECT e.next_probe_at INTO probe_at FROM embeddings.dispatch_endpoints e WHERE e.url = dispatch.url;
+    IF probe_at IS NOT NULL THEN
+        IF probe_at > now()
+           OR EXISTS (SELECT FROM embeddings.dispatched d WHERE d.answered_at IS NULL AND d.url = dispatch.url) THEN
+            RETURN 0;
+        END IF;
+        batch_size := 1;
+        max_requests := 1;
+    END IF;
     FOR request IN SELECT * FROM embeddings_internal.dispatch_requests(batch_size, max_requests, timeout_seconds, queue) LOOP
         EXECUTE 'SELECT net.http_post(url => $1, body => $2, headers => $3, timeout_milliseconds => $4)'
         INTO request_id
@@ -225,10 +352,10 @@ BEGIN
                   'Authorization', 'Bearer ' || token)),
               timeout_seconds * 1000;
         -- (a request id pg_net gives again, its sequence restarted, replaces the old request)
-        INSERT INTO embeddings.dispatched AS d (request_id, queue, lanes, msg_ids, read_cts, vts)
-        VALUES (request_id, dispatch.queue, request.lanes, request.msg_ids, request.read_cts, request.vts)
+        INSERT INTO embeddings.dispatched AS d (request_id, url, queue, lanes, msg_ids, read_cts, vts)
+        VALUES (request_id, dispatch.url, dispatch.queue, request.lanes, request.msg_ids, request.read_cts, request.vts)
         ON CONFLICT ON CONSTRAINT dispatched_pkey DO UPDATE
-        SET queue = excluded.queue, lanes = excluded.lanes, msg_ids = excluded.msg_ids,
+        SET url = excluded.url, queue = excluded.queue, lanes = excluded.lanes, msg_ids = excluded.msg_ids,
             read_cts = excluded.read_cts, vts = excluded.vts, sent_at = excluded.sent_at,
             answered_at = NULL, status_code = NULL, error = NULL, given_back = NULL;
         requests := requests + 1;

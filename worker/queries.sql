@@ -1456,6 +1456,15 @@ SELECT pg_catalog.count(*) FILTER (WHERE d.error IS NOT NULL AND d.answered_at >
        pg_catalog.count(*) FILTER (WHERE d.answered_at IS NULL AND d.sent_at < pg_catalog.now() - interval '1 minute')
 FROM embeddings.dispatched d
 
+-- name: backing_off_endpoints
+-- Push mode: the endpoints embeddings.dispatch() is backing off from (its posts to them kept
+-- failing: it posts them one job at a time until one goes through), with the failed posts in a
+-- row, since when, the last error and when the next probe may go.
+SELECT e.url, e.failed_posts, e.failing_since, e.last_error, e.next_probe_at
+FROM embeddings.dispatch_endpoints e
+WHERE e.next_probe_at IS NOT NULL
+ORDER BY e.failing_since
+
 -- name: unread_failed_posts
 -- Push mode: of the requests dispatch() made that it has not read the answer of (it has not run
 -- since), those pg_net answered with a failure (no status, or not 2xx), and the first error.

@@ -12,6 +12,7 @@
 -- The schema's owner's alone: dispatch() writes it, doctor reads it.
 CREATE TABLE IF NOT EXISTS embeddings.dispatched (
     request_id  bigint PRIMARY KEY,
+    url         text NOT NULL,
     queue       text NOT NULL,
     lanes       text[] NOT NULL,
     msg_ids     bigint[] NOT NULL,
@@ -27,3 +28,18 @@ CREATE INDEX IF NOT EXISTS dispatched_unanswered ON embeddings.dispatched (sent_
 CREATE INDEX IF NOT EXISTS dispatched_sent_at ON embeddings.dispatched (sent_at);  -- what to forget
 REVOKE ALL ON embeddings.dispatched FROM PUBLIC;
 COMMENT ON TABLE embeddings.dispatched IS 'Push mode: the requests embeddings.dispatch() made with pg_net, until their answer is read';
+
+-- The endpoints (dispatch()'s url) whose last posts failed, as dispatch() read their answers:
+-- how many in a row, since when (the first one's sending), the last error. From the third on
+-- the endpoint is backing off (next_probe_at set): dispatch() posts it one job at a time, once
+-- the last one is answered and next_probe_at has come, until a post goes through, which
+-- deletes the row. The schema's owner's alone: dispatch() writes it, doctor reads it.
+CREATE TABLE IF NOT EXISTS embeddings.dispatch_endpoints (
+    url           text PRIMARY KEY,
+    failed_posts  integer NOT NULL,
+    failing_since timestamptz NOT NULL,
+    last_error    text NOT NULL,
+    next_probe_at timestamptz
+);
+REVOKE ALL ON embeddings.dispatch_endpoints FROM PUBLIC;
+COMMENT ON TABLE embeddings.dispatch_endpoints IS 'Push mode: the endpoints whose posts fail, and their backoff';

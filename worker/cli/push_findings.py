@@ -2,7 +2,9 @@
 succeeded whatever became of its requests. dispatch() records each request
 (embeddings.dispatched) and reads its answer on its next run: the failed ones of the last hour
 are said here with the first error (docs/supabase.md, "Troubleshooting push mode"). Their jobs
-were given their read back: a failed post is not an attempt, but nothing is embedded either."""
+were given their read back: a failed post is not an attempt, but nothing is embedded either.
+An endpoint whose posts kept failing is backed off from (one job at a time until a post goes
+through): said with since when."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ def findings(conn: db.Connection) -> list[Finding]:
     try:
         with conn.transaction():
             row = conn.execute(queries.get("failed_posts")).fetchone()
+            endpoints = conn.execute(queries.get("backing_off_endpoints")).fetchall()
     except psycopg.errors.InsufficientPrivilege:
         return [
             Finding(
@@ -34,7 +37,7 @@ def findings(conn: db.Connection) -> list[Finding]:
         return []  # a schema without the table (an older release's): nothing recorded
     assert row is not None
     failed, given_back, first_error, first_sent, unread = row
-    found = []
+    found = [backing_off(*endpoint) for endpoint in endpoints]
     if failed:
         found.append(
             failed_finding(int(failed), int(given_back or 0), str(first_error), first_sent)
@@ -54,6 +57,23 @@ def failed_finding(
         f"{first_sent:%Y-%m-%d %H:%M:%S %Z}: {first_error} ({given_back} job(s) given their read"
         " back: not counted as attempts, not embedded either)",
         _fix(first_error),
+    )
+
+
+def backing_off(
+    url: str,
+    failed_posts: int,
+    since: datetime.datetime,
+    last_error: str,
+    next_probe: datetime.datetime,
+) -> Finding:
+    return Finding(
+        "FAIL",
+        CHECK,
+        f"embeddings.dispatch() is backing off from {url} since {since:%Y-%m-%d %H:%M:%S %Z}: "
+        f"{failed_posts} post(s) in a row failed, the last: {last_error}; it posts one job at a "
+        f"time until one goes through, the next not before {next_probe:%H:%M:%S %Z}",
+        _fix(last_error),
     )
 
 
