@@ -157,15 +157,24 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
     if any(r["estimated"] for r in rows):
         lines.append("")
         lines.append(ESTIMATE_NOTE)
+    lines.extend(unknown_notes(rows))
+    return lines
+
+
+def unknown_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the `?` counts say (a count another session's lock stopped has its own note): a
+    target that cannot be served is not counted (its problem, and the fix); otherwise
+    UNKNOWN_NOTE's causes."""
     unknown = [
         r
         for r in rows
         if (r["cleared_rows"] is None or embedded_estimate(r) is None)
         and not r.get("counts_skipped")
     ]
+    lines = []
     for r in unknown:
         problem = _problem(r)
-        if problem is not None:  # not the note below's causes: its own, and its fix
+        if problem is not None:
             lines.append("")
             lines.append(
                 f"? not known for {r['target']}: its rows are not counted while it cannot be"
