@@ -128,7 +128,7 @@ WHERE t.queue = %(queue)s AND d.last_seen > pg_catalog.now() - interval '5 minut
 -- ANALYZE and VACUUM write theirs in place. The rows: its table's and its store's (owner, ACL,
 -- row security, a column added), their schemas' and its content function's (USAGE), schema
 -- embeddings' (the worker's USAGE), its content function's and its functions'
--- (%(functions)s, by name: EXECUTE, owner, SECURITY DEFINER), its key, content and
+-- (%(functions)s: their names by target id; EXECUTE, owner, SECURITY DEFINER), its key, content and
 -- embedding columns', and the role memberships of its table's owner and of the worker.
 -- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT t.id, pg_catalog.string_agg(x.v::text, ' ' ORDER BY x.k, x.v::text)
@@ -141,15 +141,15 @@ CROSS JOIN LATERAL (
     SELECT 2, n.xmin FROM pg_catalog.pg_namespace n
     WHERE n.oid IN (SELECT r.relnamespace FROM pg_catalog.pg_class r WHERE r.oid IN (t.source, t.store_table)
                     UNION ALL
-                    SELECT p.pronamespace FROM pg_catalog.pg_proc p WHERE p.oid = t.content_function)
-       OR n.nspname = 'embeddings'
+                    SELECT p.pronamespace FROM pg_catalog.pg_proc p WHERE p.oid = t.content_function
+                    UNION ALL
+                    SELECT 'embeddings'::pg_catalog.regnamespace)
     UNION ALL
     SELECT 3, p.xmin FROM pg_catalog.pg_proc p WHERE p.oid = t.content_function
     UNION ALL
     SELECT 3, p.xmin FROM pg_catalog.pg_proc p
-    JOIN unnest(%(function_targets)s::integer[], %(functions)s::text[]) AS f(target_id, name)
-      ON f.target_id = t.id AND p.proname = f.name
-    WHERE p.pronamespace = 'embeddings'::pg_catalog.regnamespace
+    WHERE p.proname = ANY (ARRAY(SELECT pg_catalog.jsonb_array_elements_text(%(functions)s::jsonb -> t.id::text)))
+      AND p.pronamespace = 'embeddings'::pg_catalog.regnamespace
     UNION ALL
     SELECT 4, a.xmin FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = t.source AND a.attnum = ANY (t.key_attnums || t.content_attnum)

@@ -40,15 +40,17 @@ import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from psycopg.types.json import Jsonb
+
 from worker import db, queries
 from worker.models.remote import breaker as breakers
 from worker.pipeline import shadow
+from worker.target import Target
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
     from worker.pipeline.lanes import Lanes
     from worker.pipeline.targets import TargetRegistry
-    from worker.target import Target
 
 logger = logging.getLogger(__name__)
 
@@ -203,26 +205,25 @@ class HeldJobs:
 
     def _mended(self, conn: db.Connection) -> set[int]:
         """The held targets of our queue with a catalog row changed since their jobs were held
-        that this round is the first to see (queries.sql: held_targets, held_mends)."""
+        that this round is the first to see (queries.sql: held_targets, held_mends). Not those
+        this worker cannot serve for a reason of its own (a model it cannot load, a provider's
+        open circuit): what mends those is not in the catalog, and taken they would be held
+        again (nor, with every target of a missing model held, is each looked up each round)."""
         held = [t for (t,) in conn.execute(queries.get("held_targets"), {"queue": self.queue})]
+        targets = self.registry.snapshot()
+        own = self.reasons()
+        held = [t for t in held if t not in own or (t in targets and targets[t].registry_problem)]
         if not held:
             self._mends = {}
             return set()
-        targets = self.registry.snapshot()
-        names = [
-            (t, targets[t].function_name(name))
+        functions = {
+            str(t): [targets[t].function_name(name) for name in Target.FUNCTIONS]
             for t in held
             if t in targets
-            for name in targets[t].FUNCTIONS
-        ]
+        }
         found = dict(
             conn.execute(
-                queries.get("held_mends"),
-                {
-                    "target_ids": held,
-                    "function_targets": [t for t, _ in names],
-                    "functions": [name for _, name in names],
-                },
+                queries.get("held_mends"), {"target_ids": held, "functions": Jsonb(functions)}
             ).fetchall()
         )
         mended = {t for t, rows in found.items() if self._mends.get(t) != rows}
