@@ -9,7 +9,14 @@
 --   * every target whose table exists gets its generated functions and triggers regenerated
 --     from the current generator (dropped first: names or shapes may have changed), and its
 --     side or chunk table is its table owner's;
---   * every registered worker role that still exists gets its grants again.
+--   * every registered worker role that still exists gets its grants again;
+--   * every target's definition_digest is taken again from the catalog as it is now (after its
+--     functions were regenerated: its problem is part of it), its version kept. The version
+--     describes the definition as it is (the event trigger gives a new one at every schema
+--     change that needs it): the digest is what that version was given for. An upgrade from a
+--     release without digests (0.3.0) left it NULL, and a release may digest otherwise: the
+--     first schema change after the upgrade, one that changes nothing (a statistics target),
+--     gave a new version, and every batch in flight was handed back.
 -- It is SQL, run last by whatever installs sql/, so that it regenerates with the functions just
 -- installed, in the same transaction.
 
@@ -42,6 +49,8 @@ BEGIN
                 embeddings_internal.target_name(t), SQLERRM;
         END;
     END LOOP;
+    UPDATE embeddings.targets tg SET definition_digest = embeddings_internal.definition_digest(tg)
+    WHERE tg.definition_digest IS DISTINCT FROM embeddings_internal.definition_digest(tg);
     FOR worker_role IN SELECT r.role_name FROM embeddings_internal.worker_role_names() AS r(role_name)
                      ORDER BY r.role_name LOOP
         PERFORM embeddings.grant_worker(worker_role);

@@ -111,6 +111,60 @@ WHERE q.vt > clock_timestamp()
   AND q.message #> '{{held,target}}' IN (SELECT to_jsonb(t) FROM unnest(%(target_ids)s::integer[]) AS t)
 GROUP BY 1;
 
+-- name: held_targets
+-- The targets of live queue %(queue)s whose jobs a worker held lately (embeddings.deferrals,
+-- recent as status counts it: embeddings_internal.deferral_fresh()), for the keeper to look for
+-- what mends them (worker/process/held.py, held_mends). An index scan of a table of a row per
+-- held target: nothing, when nothing is held.
+-- ours: touches only our tables and pgmq's, runs no one else's code
+SELECT d.target_id FROM embeddings.deferrals d JOIN embeddings.targets t ON t.id = d.target_id
+WHERE t.queue = %(queue)s AND d.last_seen > pg_catalog.now() - interval '5 minutes';
+
+-- name: held_mends
+-- Of these held targets, those a catalog row they depend on changed since they were last held
+-- (a worker holding them again writes their embeddings.deferrals row again), with those rows'
+-- versions (the keeper acts once per version). A GRANT, a REVOKE, an ALTER, a CREATE OR REPLACE
+-- writes a new version of the rows it changes (xmin: a later transaction, a smaller age());
+-- ANALYZE and VACUUM write theirs in place. The rows: its table's and its store's (owner, ACL,
+-- row security, a column added), their schemas' and its content function's (USAGE), schema
+-- embeddings' (the worker's USAGE), its content function's and its functions'
+-- (%(functions)s: their names by target id; EXECUTE, owner, SECURITY DEFINER), its key, content and
+-- embedding columns', and the role memberships of its table's owner and of the worker.
+-- ours: touches only our tables and pgmq's, runs no one else's code
+SELECT t.id, pg_catalog.string_agg(x.v::text, ' ' ORDER BY x.k, x.v::text)
+FROM embeddings.targets t
+JOIN embeddings.deferrals d ON d.target_id = t.id
+CROSS JOIN LATERAL (SELECT pg_catalog.age(d.xmin) AS held) h
+CROSS JOIN LATERAL (
+    SELECT 1 AS k, r.xmin AS v FROM pg_catalog.pg_class r WHERE r.oid IN (t.source, t.store_table)
+    UNION ALL
+    SELECT 2, n.xmin FROM pg_catalog.pg_namespace n
+    WHERE n.oid IN (SELECT r.relnamespace FROM pg_catalog.pg_class r WHERE r.oid IN (t.source, t.store_table)
+                    UNION ALL
+                    SELECT p.pronamespace FROM pg_catalog.pg_proc p WHERE p.oid = t.content_function
+                    UNION ALL
+                    SELECT 'embeddings'::pg_catalog.regnamespace)
+    UNION ALL
+    SELECT 3, p.xmin FROM pg_catalog.pg_proc p WHERE p.oid = t.content_function
+    UNION ALL
+    SELECT 3, p.xmin FROM pg_catalog.pg_proc p
+    WHERE p.proname = ANY (ARRAY(SELECT pg_catalog.jsonb_array_elements_text(%(functions)s::jsonb -> t.id::text)))
+      AND p.pronamespace = 'embeddings'::pg_catalog.regnamespace
+    UNION ALL
+    SELECT 4, a.xmin FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = t.source AND a.attnum = ANY (t.key_attnums || t.content_attnum)
+    UNION ALL
+    SELECT 4, a.xmin FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = t.store_table AND a.attname = t.embedding_column
+    UNION ALL
+    SELECT 5, m.xmin FROM pg_catalog.pg_auth_members m
+    WHERE m.member IN ((SELECT r.relowner FROM pg_catalog.pg_class r WHERE r.oid = t.source),
+                       (SELECT u.oid FROM pg_catalog.pg_roles u WHERE u.rolname = current_user))
+) x
+WHERE t.id = ANY (%(target_ids)s::integer[])
+GROUP BY t.id, h.held
+HAVING pg_catalog.bool_or(pg_catalog.age(x.v) < h.held);
+
 -- name: retry_jobs
 -- Backs failed jobs off: each becomes visible again after its own delay (as pgmq.set_vt), and
 -- carries its last error, so that `status` tells the jobs waiting for another attempt from

@@ -146,7 +146,11 @@ class Target:
 
     def function(self, name: str) -> sql.Identifier:
         """embeddings.embeddings_<id>_<name>, one of this target's functions."""
-        return sql.Identifier("embeddings", f"embeddings_{self.id}_{name}")
+        return sql.Identifier("embeddings", self.function_name(name))
+
+    def function_name(self, name: str) -> str:
+        """embeddings_<id>_<name>: the name, in schema embeddings, of one of its functions."""
+        return f"embeddings_{self.id}_{name}"
 
     def query(self, name: str, *, shadow: bool = False) -> sql.Composed:
         """Query `name` for this target; `shadow` aims its writes at the shadow column of the

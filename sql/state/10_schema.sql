@@ -199,7 +199,8 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     chunk_table      regclass GENERATED ALWAYS AS (CASE WHEN store_kind = 'chunks' THEN store_table END) STORED,
     side_table       regclass GENERATED ALWAYS AS (CASE WHEN store_kind = 'side' THEN store_table END) STORED,
     -- What a batch read under `version` depends on, digested when it was last given (watch(), a
-    -- schema change that changed it: embeddings_internal.definition_digest()); NULL: not yet.
+    -- schema change that changed it: embeddings_internal.definition_digest()), and again by
+    -- every install of the code (sql/99_regenerate.sql, an upgrade's too).
     definition_digest text,
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))

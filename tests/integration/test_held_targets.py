@@ -109,3 +109,62 @@ def test_jobs_held_for_a_problem_mended_between_two_rounds_are_taken_at_once(
 
         assert jobs.release(worker_conn) == 1
         assert jobs.release(worker_conn) == 0  # once
+
+
+def test_jobs_held_for_a_missing_grant_are_taken_within_a_round_of_the_grant(
+    conn: Conn, dsn: str, tiny_models: tuple[str, str], embedders: LoadedModels, role: str
+) -> None:
+    """QA 5a 11: jobs held because the table's owner lost USAGE on the table's schema (the
+    functions that read it as its owner fail: exceptions.TargetUnavailable) waited out their
+    minute after the GRANT that mended it: no definition changed, so the keeper saw nothing.
+    Nor does a GRANT (or a CREATE FUNCTION, or anything without the event trigger) reach
+    any version. The keeper takes them once a catalog row they depend on (of the table, its
+    schema, its functions, its owner's roles) changed since they were held."""
+    model = tiny_models[0]
+    embedders.get(model)
+    conn.execute("CREATE SCHEMA app")
+    conn.execute(f"GRANT USAGE, CREATE ON SCHEMA app TO {role}")
+    conn.execute(f"SET ROLE {role}")
+    conn.execute(
+        "CREATE TABLE app.docs (id int PRIMARY KEY, body text,"
+        f" embedding {held_vector_type(conn)}({TINY_DIMS}))"
+    )
+    conn.execute("INSERT INTO app.docs VALUES (1, 'one')")
+    conn.execute("RESET ROLE")
+    target_id = fetch_value(
+        conn, "SELECT embeddings.watch('app.docs', 'body', model => %s)", (model,)
+    )
+    conn.execute("INSERT INTO app.docs VALUES (2, 'two')")  # a live job
+    conn.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")
+    registry = TargetRegistry()
+    jobs = held.HeldJobs("embedding_jobs", Lanes("embedding_jobs", 64), registry, embedders)
+    queue = jobqueue.Queue("embedding_jobs")
+    with db.connect(dsn) as worker_conn:
+        target = registry.refresh(worker_conn)[target_id]
+        jobs.release(worker_conn)  # a round: servable
+
+        conn.execute(f"REVOKE USAGE ON SCHEMA app FROM {role}")
+        with contextlib.suppress(exceptions.TargetUnavailable), db.translated():
+            worker_conn.execute(target.query("load_content"), target.key_params(["1"]))
+            raise AssertionError("the owner without USAGE read its table")
+        # A batch held the target's jobs, and said why.
+        msg_ids = [
+            m for (m,) in conn.execute("SELECT msg_id FROM pgmq.q_embedding_jobs").fetchall()
+        ]
+        assert msg_ids
+        queue.defer(worker_conn, dict.fromkeys(msg_ids, target_id), 60)
+        worker_conn.execute(
+            "SELECT embeddings_internal.note_deferrals(%s, %s, %s)",
+            ([target_id], ["permission denied for schema app"], [len(msg_ids)]),
+        )
+        assert jobs.release(worker_conn) == 0  # nothing mended: they stay held
+
+        conn.execute(f"GRANT USAGE ON SCHEMA app TO {role}")
+        assert jobs.release(worker_conn) == len(msg_ids)
+        assert jobs.release(worker_conn) == 0  # once
+
+
+def held_vector_type(conn: Conn) -> str:
+    """halfvec, schema-qualified as the installed pgvector has it (a role's path may miss it)."""
+    found = fetch_value(conn, "SELECT 'halfvec'::regtype::text")
+    return str(found)

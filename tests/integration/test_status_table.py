@@ -155,3 +155,24 @@ def test_a_monitoring_role_granted_as_documented_reads_one_table_s_status(
         assert [r["target"] for r in json.loads(one.stdout)] == ["public.notes.embedding"]
         plain = run_cli("status", "nosuch", env=env)
         assert plain.returncode == 2 and "no table nosuch" in plain.stderr, plain.stderr
+
+
+def test_counts_a_dropped_content_column_leaves_unknown_say_so_and_the_fix(conn: Conn) -> None:
+    """QA 5a nit 9: the content column dropped, status showed `?` counts explained by the note
+    for a content function's blank rows and an unanalyzed table ("ANALYZE it"), which neither
+    applied nor helped. Its note says the rows cannot be counted for the target's problem, and
+    what mends it."""
+    from worker import status
+    from worker.cli.status import UNKNOWN_NOTE, render
+
+    stores.texts_table(conn, {1: "one", 2: "two"})
+    conn.execute("SELECT embeddings.watch('docs', 'body')")
+    conn.execute("ALTER TABLE docs DROP COLUMN body")
+
+    for exact in (False, True):
+        lines = render(status.fetch(conn, exact=exact))
+        assert UNKNOWN_NOTE not in lines, lines
+        said = [line for line in lines if line.startswith("? not known for public.docs.embedding")]
+        assert len(said) == 1, lines
+        assert "its content column body was dropped" in said[0], said
+        assert "watch() the table again" in said[0], said

@@ -454,3 +454,49 @@ def test_upgrade_takes_back_what_grant_worker_gave_a_role_built_into_postgres(
         finally:
             cluster.drop_database(upgraded)
             cluster.drop_database(fresh)
+
+
+def test_an_upgrade_digests_every_definition_so_a_ddl_that_changes_nothing_keeps_its_version(
+    cluster: Cluster,
+) -> None:
+    """0020's upgrade.sql added definition_digest NULL: the first schema change after the
+    upgrade, one that changes nothing a batch depends on (a statistics target), gave every
+    target it touched a new version, and the batches read before it, by 0.3.0's workers or
+    this release's, were handed back and their inference thrown away. The reinstall digests
+    every target, of every kind, as the catalog has it; a rename still gives a new version."""
+    upgraded = restore(cluster, "at_0019_every_kind")
+    try:
+        schema.migrate(cluster.dsn(upgraded))
+        with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+            # What a batch is read under: each target's version, as the worker reads it.
+            targets = conn.execute(
+                "SELECT t.id, t.source::text, a.attname, t.version FROM embeddings.targets t"
+                " JOIN pg_attribute a ON a.attrelid = t.source AND a.attnum = t.key_attnums[1]"
+                " ORDER BY t.id"
+            ).fetchall()
+            assert len(targets) >= 5, targets
+            conn.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")
+            read = conn.execute(
+                "SELECT (SELECT count(*) FROM pgmq.read('embedding_jobs', 60, 100))"
+                " + (SELECT count(*) FROM pgmq.read('embedding_jobs_backfill', 60, 100))"
+            ).fetchone()
+            assert read is not None and read[0] > 0
+            for _, table, key, _ in targets:
+                conn.execute(f"ALTER TABLE {table} ALTER COLUMN {key} SET STATISTICS 500")
+            after: dict[int, int] = dict(
+                conn.execute("SELECT id, version FROM embeddings.targets").fetchall()
+            )
+            assert after == {t[0]: t[3] for t in targets}
+            assert conn.execute(
+                "SELECT count(*) FROM embeddings.targets"
+                " WHERE definition_digest IS DISTINCT FROM embeddings_internal.definition_digest(targets)"
+            ).fetchone() == (0,)
+
+            target_id, table, key, version = targets[0]
+            conn.execute(f"ALTER TABLE {table} RENAME COLUMN {key} TO renamed_key")
+            bumped = conn.execute(
+                "SELECT version FROM embeddings.targets WHERE id = %s", (target_id,)
+            ).fetchone()
+            assert bumped == (version + 1,)
+    finally:
+        cluster.drop_database(upgraded)

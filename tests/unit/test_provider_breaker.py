@@ -273,3 +273,20 @@ def test_a_probe_under_a_long_throttle_gives_its_slot_back(
         model(server, breaker).embed(["probe"])
     clock.now += 30
     assert reaches_provider(server, breaker)
+
+
+def test_a_probe_that_fails_as_the_last_one_did_leaves_the_reason_as_it_was(
+    server: ProviderServer, breaker: breakers.Breaker, clock: Clock
+) -> None:
+    """The reason of an open circuit is recorded for the held jobs (note_deferrals), whose
+    `since` starts over when it changes: it carried the failures counted and the wait doubled
+    by each failed probe, and status said the jobs were held since the last probe."""
+    open_circuit(server, breaker, clock)
+    opened = breaker.problem("m8")
+    server.down = True
+    for _ in range(3):  # three probes, each failing as the first requests did
+        with pytest.raises(exceptions.ProviderUnavailable, match="HTTP 500"):
+            model(server, breaker).embed(["probe"])
+        assert breaker.problem("m8") == opened
+        clock.now += 300
+    assert opened is not None and "circuit open after 2 failures in a row" in opened, opened

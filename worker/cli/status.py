@@ -157,13 +157,39 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
     if any(r["estimated"] for r in rows):
         lines.append("")
         lines.append(ESTIMATE_NOTE)
-    if any(
-        (r["cleared_rows"] is None or embedded_estimate(r) is None) and not r.get("counts_skipped")
+    lines.extend(unknown_notes(rows))
+    return lines
+
+
+def unknown_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """What the `?` counts say (a count another session's lock stopped has its own note): a
+    target that cannot be served is not counted (its problem, and the fix); otherwise
+    UNKNOWN_NOTE's causes."""
+    unknown = [
+        r
         for r in rows
-    ):
+        if (r["cleared_rows"] is None or embedded_estimate(r) is None)
+        and not r.get("counts_skipped")
+    ]
+    lines = []
+    for r in unknown:
+        problem = _problem(r)
+        if problem is not None:
+            lines.append("")
+            lines.append(
+                f"? not known for {r['target']}: its rows are not counted while it cannot be"
+                f" served ({problem['reason']}); fix: {problem['fix']}"
+            )
+    if any(_problem(r) is None for r in unknown):
         lines.append("")
         lines.append(UNKNOWN_NOTE)
     return lines
+
+
+def _problem(r: dict[str, Any]) -> dict[str, Any] | None:
+    """The target's stopped state `problem` (sql/52_stopped.sql), if it has one: it cannot be
+    served as watched (its content column dropped, say), nor are its rows counted."""
+    return next((s for s in r.get("stopped") or [] if s["state"] == "problem"), None)
 
 
 def notes(r: dict[str, Any]) -> list[str]:

@@ -19,6 +19,15 @@ target this worker itself defers for a reason it cannot see beforehand (another 
 vectors in the column, say) is not released again and again, and a scan of the queue is not
 paid per batch.
 
+Nor only by what changes a definition: what held a target's jobs may be mended by what gives
+no new version (a GRANT of what its table's owner or the worker lacks, a content column made
+again where no event trigger follows the table). While a target's jobs are held (a recent
+embeddings.deferrals row), the keeper looks, each round, for a catalog row the target depends
+on (held_mends in queries.sql) written since its jobs were last held: it reads the definitions
+again and takes them, once for each such change, if it can serve the target now. A change that
+mends nothing costs one batch that holds them again. (A mend between a batch's read and its
+write, which holds them, is older than the hold: seen at the next minute's.)
+
 The other way round, a worker that cannot serve a target records why for the target's held
 jobs when its reason is new or changes (note_reasons): jobs an earlier run held wait out their
 minute unread by this one, and `status` would give that run's reason (reasons are per target,
@@ -31,15 +40,17 @@ import logging
 from collections import defaultdict
 from typing import TYPE_CHECKING
 
+from psycopg.types.json import Jsonb
+
 from worker import db, queries
 from worker.models.remote import breaker as breakers
 from worker.pipeline import shadow
+from worker.target import Target
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
     from worker.pipeline.lanes import Lanes
     from worker.pipeline.targets import TargetRegistry
-    from worker.target import Target
 
 logger = logging.getLogger(__name__)
 
@@ -125,6 +136,7 @@ class HeldJobs:
         # before the first check
         self._servable: dict[int, int] = {}
         self._noted: dict[int, str] = {}  # the reasons last recorded (note_reasons)
+        self._mends: dict[int, str] = {}  # catalog changes seen since a hold (_mended)
 
     def servable(self, reasons: dict[int, str] | None = None) -> dict[int, Target]:
         """Our queue's targets whose model is loaded (built, for a remote one) and that nothing
@@ -164,12 +176,21 @@ class HeldJobs:
                 # queue): a target that became unservable meanwhile (its content column
                 # dropped) is then known as such here, and in /readyz's deferred_targets.
                 self.registry.current(conn)
+            mended = self._mended(conn)
+            if mended:
+                # (its problem, as the catalog says it, may be gone: read again)
+                self.registry.refresh(conn)
         reasons = self.reasons()  # (as the definitions are now)
         servable = self.servable(reasons)
         # Redefined since the last round counts as became: a problem of its definition (its
         # content column jsonb for a moment) may have come and gone between two rounds while a
-        # batch held its jobs, and this round never saw it unservable.
-        became = {t for t, target in servable.items() if self._servable.get(t) != target.version}
+        # batch held its jobs, and this round never saw it unservable. So does a catalog row
+        # of a held target changed since the hold (what held it may be mended).
+        became = {
+            t
+            for t, target in servable.items()
+            if self._servable.get(t) != target.version or t in mended
+        }
         released = 0
         for lane in self.lanes:
             if became:
@@ -181,6 +202,33 @@ class HeldJobs:
             logger.info("took %d held job(s) of %s: servable by this worker now", released, names)
         self.note_reasons(conn, reasons)
         return released
+
+    def _mended(self, conn: db.Connection) -> set[int]:
+        """The held targets of our queue with a catalog row changed since their jobs were held
+        that this round is the first to see (queries.sql: held_targets, held_mends). Not those
+        this worker cannot serve for a reason of its own (a model it cannot load, a provider's
+        open circuit): what mends those is not in the catalog, and taken they would be held
+        again (nor, with every target of a missing model held, is each looked up each round)."""
+        held = [t for (t,) in conn.execute(queries.get("held_targets"), {"queue": self.queue})]
+        targets = self.registry.snapshot()
+        own = self.reasons()
+        held = [t for t in held if t not in own or (t in targets and targets[t].registry_problem)]
+        if not held:
+            self._mends = {}
+            return set()
+        functions = {
+            str(t): [targets[t].function_name(name) for name in Target.FUNCTIONS]
+            for t in held
+            if t in targets
+        }
+        found = dict(
+            conn.execute(
+                queries.get("held_mends"), {"target_ids": held, "functions": Jsonb(functions)}
+            ).fetchall()
+        )
+        mended = {t for t, rows in found.items() if self._mends.get(t) != rows}
+        self._mends = found
+        return mended
 
     def note_reasons(self, conn: db.Connection, reasons: dict[int, str]) -> None:
         """Records this worker's reason for the held jobs of each target it cannot serve, when

@@ -106,8 +106,10 @@ END
 $$;
 
 -- What a batch read under a target's definition version depends on, digested (sql/42_definitions.sql:
--- definition_digest()): a schema change that leaves it alone keeps the version. NULL until the
--- first schema change or watch() of the target, which then gives a new version once.
+-- definition_digest()): a schema change that leaves it alone keeps the version. Filled for
+-- every target by the code's reinstall after this file (sql/99_regenerate.sql), which makes the
+-- function: left NULL, the first schema change after the upgrade gave each target a new version
+-- once, and the batches in flight were handed back.
 ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS definition_digest text;
 
 -- Bulk statements go to the backfill lane (sql/22_inbox.sql, bulk_statement_keys()): each inbox

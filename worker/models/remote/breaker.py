@@ -241,8 +241,11 @@ class Breaker:
             return None
 
     def _reason(self, circuit: _Circuit, model: str | None) -> str:
-        # (called with the lock held) Says no time left: a reason is kept (status), and stays
-        # true until the next probe, which changes it.
+        # (called with the lock held) Says no time left, nor how many probes failed since it
+        # opened, nor how long it waits now: a failed probe that met the same failure leaves
+        # it as it was. The reason is recorded for the held jobs (note_deferrals), whose
+        # `since` (status, /readyz) starts over when the reason changes: it said the count
+        # and the wait, and the hold seemed to begin at each probe.
         cause = circuit.last_error
         if circuit is self._host:
             culprit = f", from model {circuit.culprit}" if circuit.culprit else ""
@@ -250,8 +253,8 @@ class Breaker:
         else:
             what = f"model {model} at {self.provider} is failing ({cause})"
         return (
-            f"{what}: circuit open after {circuit.failures} failures in a row, a probe every"
-            f" {circuit.open_for:.0f} s"
+            f"{what}: circuit open after {self.threshold} failures in a row, probed every"
+            f" {self.base_open:.0f} s, then less often (up to every {self.max_open:.0f} s)"
         )
 
 
