@@ -47,7 +47,7 @@ def one_round(dsn: str, model_dir: Path, big: int, small: int) -> dict[str, Any]
         for table in ("big_load", "small_load"):
             conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
             conn.execute("SELECT embeddings.watch(%s, 'body', model => %s)", (table, MODEL))
-        text = "' document ' || g || ': ' || repeat('the quick brown fox ', 1 + g % 4)"
+        text = "' document ' || g || ': ' || repeat('the quick brown fox ', 1 + g %% 4)"
         conn.execute(
             f"INSERT INTO big_load SELECT g, 'big' || {text} FROM generate_series(1, %s) g", (big,)
         )
