@@ -199,6 +199,15 @@ BEGIN
         created := true;
     END IF;
     PERFORM embeddings_internal.revoke_pgmq_grants(queue_name);
+    -- lanes: BEGIN
+    -- A backfill lane is read a target at a time, in turns (worker/queries.sql:
+    -- read_jobs_by_target; backfill_next()): its jobs by target, oldest first. Made here, so
+    -- on every install and upgrade for each lane registered before.
+    IF coalesce(registered.live_queue, live_queue) IS NOT NULL THEN
+        EXECUTE format('CREATE INDEX IF NOT EXISTS %I ON pgmq.%I ((message OPERATOR(pg_catalog.->) ''target''), msg_id)',
+                       pgmq.format_table_name(queue_name, 'q') || '_target_idx', pgmq.format_table_name(queue_name, 'q'));
+    END IF;
+    -- lanes: END
     IF registered.name IS NOT NULL THEN
         RETURN false;
     END IF;

@@ -27,9 +27,13 @@ RETURN 4096;
 -- rows single statements write after it, of any table, are embedded first, and not minutes later
 -- behind its backlog (docs/scaling.md, "Bulk loads"). 1,000 rows are about a minute of
 -- inference on two cores; an application's multi-row INSERT of a form or a page stays live.
+-- The setting embeddings.bulk_statement_rows says otherwise (per database or role). Read where the inbox is moved, once a move, by the sessions that
+-- move it (the worker's, sweep()'s, dispatch()'s): the triggers only count, so the write path
+-- pays nothing for it, and a writer's own session cannot route its loads live.
 CREATE FUNCTION embeddings_internal.bulk_statement_keys() RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN 1000;
+LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT greatest(coalesce(nullif(current_setting('embeddings.bulk_statement_rows', true), '')::integer, 1000), 0)
+$$;
 
 -- Moves inbox rows of the targets on live queue `queue_name` into it, up to `max_rows` rows and
 -- about `max_keys` keys (whole rows: at least one); returns the number of messages sent. Cheap

@@ -145,34 +145,44 @@ BEGIN
 END
 $$;
 
--- One step of the first backfill of a target on `queue` that no other session is stepping
--- (the worker calls this when its queue is empty). Returns the rows examined (0: none to step)
--- and the keys queued.
+-- One step of a backfill of a target on `queue` that no other session is stepping and whose
+-- jobs in the backfill lane are fewer than a step's (`max_keys` keys), the one stepped longest
+-- ago first (the worker calls this when its reads run short, and after each backfill batch).
+-- Each backfill keeps a step or two in the lane, never its table, and gets its turns there
+-- (read_jobs_by_target, worker/queries.sql) beside another target's: a bulk load's jobs
+-- (22_inbox.sql), or another backfill's. Returns the rows examined (0: none to step) and the
+-- keys queued.
 CREATE FUNCTION embeddings_internal.backfill_next(
     queue text, max_keys integer DEFAULT embeddings.backfill_step_keys(),
     OUT scanned integer, OUT enqueued integer
 )
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
+DECLARE
+    chosen integer;
 BEGIN
     scanned := 0;
     enqueued := 0;
-    -- Not while the backfill lane holds a step's worth of jobs: a worker whose reads run short
-    -- because its backfill batch is still in flight must not queue the whole table meanwhile.
     -- (A max_keys under 1 goes straight to backfill_step(), which refuses it.)
-    IF max_keys >= 1 AND embeddings_internal.backfill_lane_full(queue, max_keys) THEN
+    IF max_keys IS NULL OR max_keys < 1 THEN
+        SELECT s.scanned, s.enqueued INTO scanned, enqueued FROM embeddings_internal.backfill_step(NULL, max_keys) s;
         RETURN;
     END IF;
-    -- The backfill taken (locked here: backfill_step() locks it again, ours already), stepped
-    -- as backfill_step() steps one: no backfill to take is a step of none, 0 rows.
-    SELECT s.scanned, s.enqueued INTO scanned, enqueued
-    FROM embeddings_internal.backfill_step((SELECT bf.target_id FROM embeddings.backfills bf
-                                   JOIN embeddings.targets tg ON tg.id = bf.target_id
-                                   WHERE tg.queue = backfill_next.queue AND tg.problem IS NULL
-                                     AND EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source)
-                                   ORDER BY bf.target_id
-                                   LIMIT 1
-                                   FOR UPDATE OF bf SKIP LOCKED),
-                                  max_keys) s;
+    -- The backfill taken (locked here: backfill_step() locks it again, ours already). Its
+    -- target's jobs counted by the lane's (target, msg_id) index (20_queue.sql), a step's at most.
+    EXECUTE format($q$
+        SELECT bf.target_id FROM embeddings.backfills bf
+        JOIN embeddings.targets tg ON tg.id = bf.target_id
+        WHERE tg.queue = $1 AND tg.problem IS NULL
+          AND EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source)
+          AND (SELECT count(*) FROM (SELECT FROM pgmq.%I q WHERE q.message -> 'target' = to_jsonb(bf.target_id)
+                                     LIMIT $2) j) < $2
+        ORDER BY bf.stepped_at NULLS FIRST, bf.target_id
+        LIMIT 1
+        FOR UPDATE OF bf SKIP LOCKED$q$, embeddings_internal.lane_table(queue, 'backfill'))
+        INTO chosen USING queue, max_keys / embeddings_internal.keys_per_message() + 1;
+    IF chosen IS NOT NULL THEN
+        SELECT s.scanned, s.enqueued INTO scanned, enqueued FROM embeddings_internal.backfill_step(chosen, max_keys) s;
+    END IF;
 END
 $$;
 

@@ -45,6 +45,69 @@ FROM chosen
 WHERE q.msg_id = chosen.msg_id
 RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
 
+-- name: read_jobs_by_target
+-- Leases visible jobs of a backfill lane, about %(max_keys)s row keys as read_jobs does, taking
+-- turns between the targets with jobs there: a turn is each target's oldest job, the targets in
+-- id order starting after %(after)s (the target the reader's last batch ended with; NULL: the
+-- first), then the next turn. So a 200,000-row load of one table does not hold back another
+-- table's 2,000-row load or backfill (first in, first out, it did), and batches of one job each
+-- serve the targets in rotation. Targets are found by skipping along the lane's
+-- (target, msg_id) index (sql/20_queue.sql), a step per target; jobs without a target (the
+-- Supabase guide's shape) are one more, after them.
+-- ours: touches only our tables and pgmq's, runs no one else's code
+WITH RECURSIVE targets AS (
+    (SELECT q.message -> 'target' AS target FROM {queue_table} q
+     WHERE q.message -> 'target' IS NOT NULL ORDER BY q.message -> 'target' LIMIT 1)
+    UNION ALL
+    SELECT (SELECT q.message -> 'target' FROM {queue_table} q
+            WHERE q.message -> 'target' > t.target ORDER BY q.message -> 'target' LIMIT 1)
+    FROM targets t WHERE t.target IS NOT NULL
+), turns AS (  -- each target's place in a turn: at most max_keys of them fill a batch
+    SELECT t.target, row_number() OVER (ORDER BY coalesce(t.target <= %(after)s::jsonb, false),
+                                                t.target NULLS LAST) AS place
+    FROM (SELECT target FROM targets WHERE target IS NOT NULL
+          UNION ALL
+          SELECT NULL WHERE EXISTS (SELECT FROM {queue_table} q WHERE q.message -> 'target' IS NULL)) t
+    ORDER BY place
+    LIMIT %(max_keys)s
+), share AS (  -- jobs read of each target: enough turns for a batch of one-key jobs
+    SELECT greatest(ceil(%(max_keys)s::numeric / count(*)), 1)::bigint AS jobs FROM turns
+), visible AS (
+    SELECT t.place, v.msg_id, v.keys, row_number() OVER (PARTITION BY t.place ORDER BY v.msg_id) AS turn
+    FROM turns t, LATERAL (
+        SELECT * FROM (SELECT q.msg_id, q.message FROM {queue_table} q
+                       WHERE q.message -> 'target' = t.target AND q.vt <= clock_timestamp()
+                       ORDER BY q.msg_id LIMIT (SELECT jobs FROM share)
+                       FOR UPDATE SKIP LOCKED) of_target
+        UNION ALL
+        SELECT * FROM (SELECT q.msg_id, q.message FROM {queue_table} q
+                       WHERE t.target IS NULL AND q.message -> 'target' IS NULL
+                         AND q.vt <= clock_timestamp()
+                       ORDER BY q.msg_id LIMIT (SELECT jobs FROM share)
+                       FOR UPDATE SKIP LOCKED) of_none
+    ) j,
+    LATERAL (SELECT j.msg_id,
+                    greatest(CASE WHEN jsonb_typeof(j.message -> 'keys') = 'array' THEN jsonb_array_length(j.message -> 'keys')
+                                  WHEN jsonb_typeof(j.message -> 'columns' -> 0) = 'array'
+                                  THEN jsonb_array_length(j.message -> 'columns' -> 0)
+                                  WHEN jsonb_typeof(j.message -> 'columns' -> 0) = 'string'
+                                  THEN length(j.message -> 'columns' ->> 0)
+                                       - length(replace(j.message -> 'columns' ->> 0, ',', '')) + 1
+                                  ELSE 1 END, 1) AS keys) v
+), chosen AS (
+    SELECT msg_id FROM (
+        SELECT msg_id, sum(keys) OVER (ORDER BY turn, place) - keys AS before FROM visible
+    ) v
+    WHERE before < %(max_keys)s
+)
+UPDATE {queue_table} q
+SET vt = clock_timestamp() + make_interval(secs => %(vt)s),
+    read_ct = q.read_ct + 1
+    {read_stamp}
+FROM chosen
+WHERE q.msg_id = chosen.msg_id
+RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
+
 -- name: extend_leases
 -- Pushes back the visibility timeout of jobs we still hold (vt unchanged since we set it),
 -- never shortening a longer lease (a push job's dispatch() lease).

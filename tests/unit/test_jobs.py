@@ -129,3 +129,19 @@ def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
         assert 0.8 * expected - 0.5 <= delay <= 1.2 * expected + 0.5
     assert max(delays) <= 360
     assert jobs.backoff_seconds(1, 0.01, 300) == 0
+
+
+def test_a_backfill_batch_ends_its_turn_with_the_last_target_in_the_turns_order() -> None:
+    """read_jobs_by_target serves the targets after the last one first, then from the lowest:
+    the next read starts after the one this batch ended with."""
+
+    def rows(*targets: object) -> list[tuple[object, ...]]:
+        return [(i, 1, None, None, {"target": t, "keys": [1]}) for i, t in enumerate(targets)]
+
+    assert jobs.turn_ended(rows(3), None) == 3
+    assert jobs.turn_ended(rows(2, 5, 1), None) == 5  # a turn of three targets, from the first
+    assert jobs.turn_ended(rows(7, 9, 1, 2), 6) == 2  # after 6: 7, 9, then again from 1
+    assert jobs.turn_ended(rows(7, 9), 6) == 9
+    # Jobs without a target (the Supabase guide's shape) end a turn: the next starts over.
+    assert jobs.turn_ended([(1, 1, None, None, {"id": 4, "table": "docs"})], 6) is None
+    assert jobs.turn_ended(rows(True), 6) is None  # (not a target id)

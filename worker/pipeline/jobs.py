@@ -47,6 +47,20 @@ def backfill_queue_name(queue: str) -> str:
     return f"{queue[:28]}_{digest}_backfill"
 
 
+def turn_ended(rows: Sequence[Sequence[Any]], after: int | None) -> int | None:
+    """The target a batch read by read_jobs_by_target ended its turn with: of its jobs'
+    targets, the last in the turn's order (ids after `after` first, then from the lowest).
+    None, to start again from the first, after jobs without a target (the last of a turn)."""
+    served: set[int] = {
+        int(m["target"])
+        for *_, m in rows
+        if isinstance(m, dict) and type(m.get("target")) is int  # (not a bool)
+    }
+    if not served:
+        return None
+    return max(served, key=lambda target: (after is not None and target <= after, target))
+
+
 # --- operations -------------------------------------------------------------------------------
 class Queue:
     """pgmq operations on one queue, each a single statement (callers own transactions).
@@ -59,6 +73,9 @@ class Queue:
         self.home = home or name
         self.table = queries.queue_table(name)
         self._read_query: Any = None
+        # A backfill lane is read in turns between its targets: the target the last batch
+        # ended with (read_jobs_by_target starts the next turn after it).
+        self._after: int | None = None
 
     def _q(self, name: str) -> Any:
         return queries.compose(name, queue_table=self.table)
@@ -72,7 +89,13 @@ class Queue:
                 self._read_query = self._compose_read(conn)
             cur = conn.cursor()
             set_json_loads(loads_message, cur)  # key numbers as their text (KeyNumber)
-            return cur.execute(self._read_query, {"max_keys": max_keys, "vt": vt}).fetchall()
+            params: dict[str, Any] = {"max_keys": max_keys, "vt": vt}
+            if self.lane == BACKFILL:
+                params["after"] = None if self._after is None else Jsonb(self._after)
+            rows = cur.execute(self._read_query, params).fetchall()
+        if self.lane == BACKFILL and rows:
+            self._after = turn_ended(rows, self._after)
+        return rows
 
     def _compose_read(self, conn: db.Connection) -> Any:
         # pgmq before 1.8 (what Supabase ships) has no last_read_at column.
@@ -80,7 +103,8 @@ class Queue:
             queries.get("queue_has_last_read_at"), {"queue_table": f"pgmq.q_{self.name}"}
         ).fetchone()
         stamp = sql.SQL(LAST_READ_STAMP if row and row[0] else "")
-        return queries.compose("read_jobs", queue_table=self.table, read_stamp=stamp)
+        name = "read_jobs_by_target" if self.lane == BACKFILL else "read_jobs"
+        return queries.compose(name, queue_table=self.table, read_stamp=stamp)
 
     def extend(
         self, conn: db.Connection, leases: Mapping[int, datetime], vt: int

@@ -15,6 +15,7 @@ from worker import db, exceptions, metrics, sessions
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import faults, stages
+from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch
 from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
@@ -202,11 +203,16 @@ class Fetcher:
             self.waiter.busy(conn, self.settings.poll_seconds, backfill=self.lanes.backfill_room())
 
     def _work_behind_reads(self, conn: db.Connection, batch: Batch | None) -> bool:
-        """When a read runs short: the next range of a backfill (so that backfills are queued
-        only behind live jobs, worker/process/backfill.py), and an index deferred until a
-        backfill's end. True when the backfill queued jobs and nothing was read: read again at
-        once."""
-        low = batch is None or len(batch.rows) < self.settings.batch_size
+        """When a read runs short or was a backfill batch: the next range of a backfill whose
+        jobs in the backfill lane run low (so that backfills are queued only behind live jobs,
+        and take their turns in the lane beside a bulk load: worker/process/backfill.py), and
+        an index deferred until a backfill's end. True when the backfill queued jobs and
+        nothing was read: read again at once."""
+        low = (
+            batch is None
+            or len(batch.rows) < self.settings.batch_size
+            or batch.lane == jobqueue.BACKFILL
+        )
         if low and self.backfill.step(conn) and batch is None:
             return True
         if batch is None:
