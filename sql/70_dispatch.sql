@@ -290,7 +290,7 @@ BEGIN
         CONTINUE WHEN now_failed < backoff_after;
         UPDATE embeddings.dispatch_endpoints e
         SET next_probe_at = clock_timestamp()
-                            + least(interval '10 seconds' * 2 ^ least(now_failed - backoff_after, 5), interval '5 minutes')
+                            + least(interval '10 seconds' * (2 OPERATOR(pg_catalog.^) least(now_failed - backoff_after, 5)), interval '5 minutes')
         WHERE e.url = answer.url;
         IF was.next_probe_at IS NULL THEN
             RAISE WARNING 'embeddings.dispatch(): % posts in a row to % failed, since %; the last: %',

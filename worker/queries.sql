@@ -71,7 +71,7 @@ WITH RECURSIVE targets AS (
     ORDER BY place
     LIMIT %(max_keys)s
 ), share AS (  -- jobs read of each target: enough turns for a batch of one-key jobs
-    SELECT greatest(ceil(%(max_keys)s::numeric / count(*)), 1)::bigint AS jobs FROM turns
+    SELECT greatest(pg_catalog.ceil(%(max_keys)s::numeric / count(*)), 1)::bigint AS jobs FROM turns
 ), visible AS (
     SELECT t.place, v.msg_id, v.keys, row_number() OVER (PARTITION BY t.place ORDER BY v.msg_id) AS turn
     FROM turns t, LATERAL (

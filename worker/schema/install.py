@@ -89,7 +89,9 @@ def uninstall(conn: Connection) -> None:
     """Removes the schema installed by `install` (user data stays). Raises EmbedWorkerError,
     naming them, when objects not ours are in our schemas or depend on them (uninstall.sql
     refuses to drop the latter along; the caller's transaction undoes the rest)."""
-    refuse_foreign_objects(conn)
+    with conn.transaction():  # (a savepoint in the caller's; the path is for this one alone)
+        use_installer_path(conn)  # first: no schema of a tenant's on the caller's path is searched
+        refuse_foreign_objects(conn)
     try:
         run_files(conn, [files.sql_dir() / "uninstall.sql"])
     except psycopg.errors.DependentObjectsStillExist as exc:
