@@ -50,8 +50,11 @@ COMMENT ON FUNCTION embeddings.worker_functions IS
     'The functions of embed-worker that grant_worker() lets worker roles run, and no one else but the owner.';
 
 -- Grants `role_name` what the worker needs on one target (also called by watch()): its queues,
--- and its functions (sql/32_access.sql; generate_access() grants those of targets watched or
--- regenerated later itself).
+-- and its functions that run as the table's owner (sql/32_access.sql; generate_access() grants
+-- those of targets watched or regenerated later itself). Its search functions (run as their
+-- caller: sql/58_search.sql) go as search() goes (follow_search_grants()), as they go again each
+-- time they are made: a worker role granted them here alone, without search(), lost them at the
+-- next ALTER TABLE, and one granted search() lacked bm25_ranking (no digit in this name pattern).
 CREATE FUNCTION embeddings_internal.grant_worker_target(role_name name, t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -61,9 +64,11 @@ BEGIN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname ~ ('^embeddings_' || t.id || '_[a-z_]+$') AND p.prorettype <> 'trigger'::regtype
+          AND p.proname !~ '_(search|nearest|text_ranking|bm25_ranking|visible)$'
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
     END LOOP;
+    PERFORM embeddings_internal.follow_search_grants(t);
     PERFORM embeddings_internal.grant_worker_queue(role_name, t.queue);
     PERFORM embeddings_internal.grant_worker_queue(role_name, embeddings_internal.backfill_queue(t.queue));  -- lanes
 END
@@ -222,14 +227,18 @@ COMMENT ON FUNCTION embeddings.grant_search IS
     'Gives an existing role by name what searches use of ours that PUBLIC has as installed, for a database where PUBLIC''s rights were revoked. Schema owner only.';
 
 -- Target t's search functions (search_code(), sql/58_search.sql: those run as their caller,
--- which grant_search() gives by name), just made by generate_search(), given as search() is
--- given: where an administrator revoked PUBLIC's EXECUTE on embeddings.search()
--- (docs/security.md, "Revoking from PUBLIC"), they are not PUBLIC's either, and are every
--- role's that may execute search() by a grant of its own (the search roles of grant_search(),
--- a worker role of grant_worker() made before the revocation). search()'s ACL is the record, no
--- table: it is the entry point every search goes through (hybrid_search() and match_chunks()
--- are granted with it, by the same list), and its name needs no list read. As installed (PUBLIC
--- has search()) nothing changes: what CREATE FUNCTION made, PUBLIC's.
+-- which grant_search() gives by name), just made by generate_search() or granted to a worker
+-- role (grant_worker_target()), given as search() is given: EXECUTE to every role that may
+-- execute search() by a grant of its own (the search roles of grant_search(), a worker role of
+-- grant_worker() made while PUBLIC had search()), and where an administrator revoked PUBLIC's
+-- EXECUTE on search() (docs/security.md, "Revoking from PUBLIC") not to PUBLIC either. Those
+-- roles' grants are made as installed too (PUBLIC has the functions as made): functions made
+-- before a revocation stay theirs after it, as those made after it are (a grant of
+-- grant_search() or grant_worker() made before the revocation, then an ALTER TABLE, then the
+-- revocation, left them PUBLIC's alone, and the revocation took them from everyone).
+-- search()'s ACL is the record, no table: it is the entry point every search goes through
+-- (hybrid_search() and match_chunks() are granted with it, by the same list), and its name
+-- needs no list read. As installed with no such role (search()'s ACL NULL), nothing changes.
 CREATE FUNCTION embeddings_internal.follow_search_grants(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -237,19 +246,23 @@ DECLARE
                                         embeddings.vector_schema()));
     acl aclitem[];
     entry_owner oid;
+    public_too boolean;
     fn regprocedure;
     grantee name;
 BEGIN
     SELECT p.proacl, p.proowner INTO acl, entry_owner FROM pg_proc p WHERE p.oid = entry;
-    IF acl IS NULL OR EXISTS (SELECT FROM aclexplode(acl) a WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') THEN
+    IF acl IS NULL THEN
         RETURN;
     END IF;
+    public_too := EXISTS (SELECT FROM aclexplode(acl) a WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE');
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname ~ ('^embeddings_' || t.id || '_(search|nearest|text_ranking|bm25_ranking|visible)$')
     LOOP
-        EXECUTE embeddings_internal.render('REVOKE ALL ON FUNCTION %(fn)s FROM PUBLIC', jsonb_build_object('fn', fn::text));
+        IF NOT public_too THEN
+            EXECUTE embeddings_internal.render('REVOKE ALL ON FUNCTION %(fn)s FROM PUBLIC', jsonb_build_object('fn', fn::text));
+        END IF;
         FOR grantee IN
             SELECT DISTINCT r.rolname FROM aclexplode(acl) a JOIN pg_roles r ON r.oid = a.grantee
             WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> entry_owner

@@ -12,22 +12,34 @@ reports it (worker/cli/pooler.py).
 Nothing tells a client which kind of pooler it talks to, so it is observed: behind any pooler
 libpq's backend pid (the start-up message's) is the pooler's cancel key, not the server
 backend's `pg_backend_pid()`; and only behind a transaction pooler does a server backend serve
-two client connections that are both open (a second one reuses the first's, freed at its
-COMMIT), or one client connection's transactions run in two backends (the first's taken by the
-second connection's open transaction meanwhile). A session pooler is never taken for a
-transaction pooler (its client connection keeps its server session while open); a transaction
-pooler that hands the second connection a third server session and the first its own again
-would be taken for a session pooler (PgBouncer hands out the server connection freed last).
+two client connections that are both open, or one client connection's transactions run in two
+backends. A session pooler is never taken for a transaction pooler (its client connection keeps
+its server session while open, and no other client gets it meanwhile). One look at each is not
+enough: a pooler that hands out its idle server connections oldest first (PgBouncer's
+`server_round_robin`) gave the second connection the next server session and the first its own
+again, and passed for a session pooler. So the check looks several times: a second
+transaction of the first connection, right after its first (a round-robin pooler moves it to
+the next server session), then `ROUNDS` rounds, each a transaction of a second connection (a
+pooler that hands out the server session freed last, PgBouncer's default, gives it the first's)
+with one of the first inside it, and one of the first alone after it; the first sign of a
+transaction pooler ends it. Compared by `pg_backend_pid()`, not by a marker
+set in one transaction and read in the next: a session setting outlives its transaction, and
+behind a transaction pooler it would reach the pool's other clients. Still not seen: a pooler
+that keeps each client on the server session it had last while that one is free (no sign
+short of a pool with none free).
 
 What the start-up check costs (nothing with EMBED_POOL_MODE=transaction): one connection of its
 own, made per transaction so that nothing it sets outlives its transactions whatever is in front,
-for one statement; behind a pooler, a second such connection for one more transaction, and one
-more statement on the first.
+for one statement; behind a pooler, one more, then up to `ROUNDS` rounds, each two transactions
+of the first connection and one of a second connection of its own (the first sign of a
+transaction pooler ends them, and so does `PROBE_SECONDS` after the start: a slow link is looked
+at fewer times).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Literal
 
@@ -37,6 +49,11 @@ logger = logging.getLogger(__name__)
 
 # "unchecked": behind a pooler whose kind could not be seen (its second connection failed)
 Kind = Literal["none", "session", "transaction", "unchecked"]
+
+# How many times the check looks behind a pooler (the module's docstring says why more than once),
+# and for how long at most after its first look: on a link slow enough to reach that, fewer.
+ROUNDS = 4
+PROBE_SECONDS = 2.0
 
 FIX = (
     "set EMBED_POOL_MODE=transaction (docs/poolers.md), or connect to the server itself or"
@@ -117,20 +134,37 @@ def refuse(
 
 def _shared_backends(conn: db.Connection, dsn: str, first: int, lock_timeout_ms: int) -> str | None:
     """How the server backend `first`, which ran `conn`'s last transaction, was seen serving
-    another client connection while `conn` is open; None when it was not."""
-    with (
-        db.connect(
-            dsn, connect_timeout=5, lock_timeout_ms=lock_timeout_ms, per_transaction=True
-        ) as other,
-        other.transaction(),
-    ):
-        second = _backend(other)
-        if second == first:
-            return f"two client connections, both open, ran in server session {first}"
-        then = _backend(conn)  # (while the other holds its server session)
-        if then != first:
-            return f"one client connection's transactions ran in server sessions {first}, {then}"
+    another client connection while `conn` is open, or `conn` was seen in another backend; None
+    when neither was, in `ROUNDS` rounds (fewer after `PROBE_SECONDS`)."""
+    deadline = time.monotonic() + PROBE_SECONDS
+    # Right after `first`'s, before anything else runs a transaction: a pooler that hands out
+    # the server session idle longest gives it another one (the second connection's own first
+    # transaction, at connect, would put `first` back at the head of the line).
+    if (moved := _moved(conn, first)) is not None:
+        return moved
+    with db.connect(
+        dsn, connect_timeout=5, lock_timeout_ms=lock_timeout_ms, per_transaction=True
+    ) as other:
+        for _ in range(ROUNDS):
+            with other.transaction():
+                if _backend(other) == first:
+                    return f"two client connections, both open, ran in server session {first}"
+                if (moved := _moved(conn, first)) is not None:  # (while the other holds one)
+                    return moved
+            if time.monotonic() > deadline:
+                break
+            if (moved := _moved(conn, first)) is not None:
+                return moved
     return None
+
+
+def _moved(conn: db.Connection, first: int) -> str | None:
+    """How `conn`'s transaction, run now, showed it has no server session of its own: it ran
+    in another backend than `first`; None when it ran in `first`."""
+    then = _backend(conn)
+    if then == first:
+        return None
+    return f"one client connection's transactions ran in server sessions {first}, {then}"
 
 
 def _backend(conn: db.Connection) -> int:

@@ -33,13 +33,18 @@ SEARCH_PATH = "SELECT current_setting('search_path')"
 
 
 @contextmanager
-def through(dsn: str, *, mode: str = "transaction", pool_size: int = 1) -> Iterator[str]:
-    """`dsn` through PgBouncer in `mode`, `pool_size` server connections for its user."""
+def through(
+    dsn: str, *, mode: str = "transaction", pool_size: int = 1, round_robin: bool = False
+) -> Iterator[str]:
+    """`dsn` through PgBouncer in `mode`, `pool_size` server connections for its user, handed
+    out oldest first when `round_robin`."""
     if reason := pgbouncer.available():
         pytest.skip(reason)
     params = conninfo_to_dict(dsn)
     server, user = int(str(params["port"])), str(params["user"])
-    with pgbouncer.transaction_pooler(server, [user], pool_size=pool_size, mode=mode) as port:
+    with pgbouncer.transaction_pooler(
+        server, [user], pool_size=pool_size, mode=mode, round_robin=round_robin
+    ) as port:
         yield make_conninfo(dsn, port=str(port))
 
 
@@ -86,6 +91,24 @@ def test_the_worker_refuses_session_mode_behind_a_transaction_pooler_and_starts_
         result = run_cli("run", "--once", "--database-url", pooled, env=transaction)
         assert result.returncode == exits.OK, result.stderr[-3000:]
     assert embedded(conn) == 2
+
+
+@pytest.mark.parametrize("pool_size", [2, 3])
+def test_a_round_robin_transaction_pooler_is_refused_too(
+    conn: Conn, dsn: str, minilm: str, pool_size: int
+) -> None:
+    """A transaction pooler that hands out its idle server connections oldest first
+    (PgBouncer's server_round_robin), its pool warm: the check's connection ran its transaction
+    in one server session, the second connection in the next one, and the first's next
+    transaction in the one left, its first again, so the pooler passed for a session pooler
+    and the worker started in session mode there."""
+    watched_docs(conn, minilm)
+    with through(dsn, pool_size=pool_size, round_robin=True) as pooled:
+        paths = search_paths(pooled, pool_size)  # (every server connection of the pool open)
+        assert_refused(run_cli("run", "--once", "--database-url", pooled))
+        assert_refused(run_cli("status", "--database-url", pooled))
+        assert search_paths(pooled, pool_size) == paths
+    assert embedded(conn) == 0
 
 
 def test_the_commands_refuse_session_mode_behind_a_transaction_pooler(conn: Conn, dsn: str) -> None:

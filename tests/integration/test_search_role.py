@@ -231,3 +231,89 @@ def test_search_functions_made_after_grant_search_follow_the_revocation_from_pub
         with psycopg.connect(search_dsn, autocommit=True) as searcher:
             later = f"SELECT count(*) FROM embeddings.hybrid_search('later', 'birds', {VECTOR}, 3)"
             assert fetch_value(searcher, later) == 2
+
+
+# Each role's EXECUTE on each target's search functions and on search(), by function name with
+# the target's id left out (a function made again has a new oid, and a new target a new id).
+ROLE_SEARCHES = """
+SELECT r.role, pg_catalog.regexp_replace(p.proname, '^embeddings_[0-9]+_', t.source::text || '.')
+FROM unnest(%(roles)s::text[]) r(role), pg_proc p
+JOIN embeddings.targets t ON p.proname ~ ('^embeddings_' || t.id || '_(search|nearest|text_ranking|bm25_ranking|visible)$')
+WHERE p.pronamespace = 'embeddings'::regnamespace AND has_function_privilege(r.role, p.oid, 'EXECUTE')
+UNION ALL
+SELECT r.role, 'search()' FROM unnest(%(roles)s::text[]) r(role)
+WHERE has_function_privilege(r.role, 'embeddings.search(regclass, halfvec, integer, jsonb, name)', 'EXECUTE')
+"""
+
+
+@pytest.mark.parametrize(
+    "order",
+    ["revoked, then granted", "granted, then revoked", "granted, made again, then revoked"],
+)
+def test_search_functions_made_again_keep_the_worker_and_search_roles_grants(
+    conn: Conn,
+    dsn: str,
+    minilm: str,
+    tiny_models: tuple[str, str],
+    run_once: Callable[..., Worker],
+    order: str,
+) -> None:
+    """What a worker role (grant_worker()) and a search role (grant_search()) may execute of
+    each target's search functions is what they had before the functions were made again
+    (ALTER TABLE, a model change, enable_fts()), and a table watched later's is alike, whether
+    PUBLIC's rights were revoked before the grants or after. A worker role granted after the
+    revocation was granted them without search() and lost them when they were made again; one
+    granted before lacked bm25_ranking; and where the grants came first and a table was altered
+    before the revocation, both roles lost that table's (PUBLIC's alone), its searches refused."""
+    watched(conn, minilm)
+    with login_role(conn, dsn, "w") as worker_dsn, login_role(conn, dsn, "s") as search_dsn:
+        roles = [conninfo_to_dict(d)["user"] for d in (worker_dsn, search_dsn)]
+        worker, searcher = roles
+
+        def grant() -> None:
+            conn.execute("SELECT embeddings.grant_worker(%s)", (worker,))
+            conn.execute("SELECT embeddings.grant_search(%s)", (searcher,))
+
+        def revoke() -> None:
+            for statement in HARDENING:
+                conn.execute(statement)
+
+        def executable() -> set[tuple[str, str]]:
+            return {(r[0], r[1]) for r in conn.execute(ROLE_SEARCHES, {"roles": roles})}
+
+        if order == "revoked, then granted":
+            revoke()
+            grant()
+        else:
+            grant()
+            if order == "granted, then revoked":
+                revoke()
+        before = executable()
+        conn.execute("ALTER TABLE docs ADD COLUMN extra integer")
+        conn.execute(
+            "SELECT embeddings.watch('side', 'body', model => %s, store => 'side')",
+            (tiny_models[0],),
+        )
+        conn.execute("SELECT embeddings.enable_fts('notes', 'simple')")
+        stores.texts_table(conn, {1: "later birds"}, table="later")
+        conn.execute("SELECT embeddings.watch('later', 'body', model => %s)", (minilm,))
+        conn.execute("SELECT embeddings.enable_fts('later')")
+        if order == "granted, made again, then revoked":
+            revoke()
+        after = executable()
+        later = {(role, name) for role, name in after if name.startswith("later.")}
+        assert after - later == before
+        # The worker role has them all where it has search() (granted while PUBLIC had it),
+        # none where it has not; the search role all of them.
+        for role in roles:
+            has_search = (role, "search()") in after
+            assert has_search == (role == searcher or order != "revoked, then granted")
+            of_role = {name for r, name in after if r == role and name != "search()"}
+            made = {name for r, name in after if r == searcher and name != "search()"}
+            assert of_role == (made if has_search else set()), role
+        assert {"docs.bm25_ranking", "side.visible", "later.search"} <= made
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {searcher}")
+        conn.execute(f"GRANT SELECT ON docs, notes, notes_chunks TO {searcher}")
+        run_once()
+        found = searched(search_dsn)
+        assert found["search, row"] == "3" and found["hybrid, chunks"] == "3", found

@@ -19,10 +19,12 @@ import http.client
 import io
 import json
 import os
+import re
 import socket
 import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -44,7 +46,9 @@ from tests.support.process import WorkerProcess, run_cli
 from tests.support.provider_server import ProviderServer
 from tests.support.rerank_server import RerankServer
 from worker import exceptions, schema
+from worker.cli import parser
 from worker.http import push
+from worker.http import server as http_server
 from worker.models.files import ModelLocation
 from worker.models.loaded import LoadedModels
 from worker.models.query_batch import QueryBatchers
@@ -333,6 +337,81 @@ def _hardened_sql_search(ctx: Context) -> None:
         ).fetchone()
     assert made is not None and made[:2] == (False, True) and made[2] >= 6, made
     _sql_search(ctx)
+
+
+# Each role's EXECUTE on each target's search functions (searches run them as their caller).
+SEARCH_FUNCTION_GRANTS = (
+    "SELECT r.rolname::text, p.proname::text FROM pg_catalog.pg_proc p, pg_catalog.pg_roles r"
+    " WHERE p.proname OPERATOR(pg_catalog.~) '^embeddings_[0-9]+_(search|nearest|text_ranking|bm25_ranking|visible)$'"
+    " AND r.rolname OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.name[])"
+    " AND pg_catalog.has_function_privilege(r.oid, p.oid, 'EXECUTE')"
+)
+
+
+def _search_grants_before_revoking(ctx: Context) -> None:
+    """The application role granted grant_search() and the worker role grant_worker() (the
+    world's) while PUBLIC has its rights; the owner alters its tables, and the event trigger
+    makes their search functions again (its hooks fire); then PUBLIC's rights are revoked. Each
+    role keeps what it could run of them (the functions made before the revocation were
+    PUBLIC's alone, and the revocation took them from everyone: follow_search_grants()), and
+    the application role searches through them."""
+    granted = [ctx.roles.writer, ctx.roles.worker]
+    with ctx.roles.connect() as su:
+        su.execute("SET search_path = pg_catalog, pg_temp")  # (past the planted overloads)
+        su.execute("SELECT embeddings.grant_search(%s)", (ctx.roles.writer,))
+        before = set(su.execute(SEARCH_FUNCTION_GRANTS, (granted,)).fetchall())
+    for table in ("docs_row", "docs_side", "docs_chunked", "docs_document"):
+        with ctx.roles.connect(ctx.roles.owner) as owner:  # (each hook leaves it read-only)
+            owner.execute(f"ALTER TABLE {table} ADD COLUMN altered integer")
+    with ctx.roles.connect() as su:
+        su.execute("SET search_path = pg_catalog, pg_temp")
+        for statement in HARDENING:
+            su.execute(statement)
+        after = set(su.execute(SEARCH_FUNCTION_GRANTS, (granted,)).fetchall())
+    assert after == before and len(before) >= 12, (before - after, after - before)
+    _sql_search(ctx)
+
+
+def _embed_and_model_list(ctx: Context) -> None:
+    """`embed` with the database's default model (EMBED_MODEL unset), and one it names, and
+    `model list`, which read the registry (each reads the schema's release and checks the
+    pooler first, since 0.4.0)."""
+    with ctx.roles.connect() as su:
+        su.execute("SET search_path = pg_catalog, pg_temp")  # (past the planted overloads)
+        su.execute("SELECT embeddings.set_default_model(%s)", (MINILM,))
+    for argv in (("embed", "a document"), ("embed", "--model", MINILM, "a document")):
+        result = ctx.cli(*argv, env={"EMBED_MODEL": ""})
+        assert result.returncode == 0 and len(json.loads(result.stdout)[0]) == 384, result.stderr
+    listed = ctx.cli("model", "list")
+    assert listed.returncode == 0 and MINILM in listed.stdout, listed.stderr
+
+
+def _http_server_embed(ctx: Context) -> None:
+    """A real `embed-worker run --no-pull` as the worker role, its default model the
+    database's: GET /healthz, /readyz (the database's check, the stopped targets) and /metrics,
+    and POST /embed with the default model and one named."""
+    with ctx.roles.connect() as su:
+        su.execute("SET search_path = pg_catalog, pg_temp")  # (past the planted overloads)
+        su.execute("SELECT embeddings.set_default_model(%s)", (MINILM,))
+    token = "harness-embed-token"
+    env = {"EMBED_MODEL": "", "EMBED_MODEL_PATH": ctx.model_path, "EMBED_THREADS": "1"}
+    server = WorkerProcess(ctx.dsn, {**env, "EMBED_HTTP_TOKEN": token}, "--no-pull")
+    try:
+        server.wait_ready()
+        for path in ("/healthz", "/readyz", "/metrics"):
+            status, body = server.get(path)
+            assert status == 200, (path, body[-2000:])
+        assert b"embed_worker_ready 1.0" in server.get("/metrics")[1]
+        client = http.client.HTTPConnection("127.0.0.1", server.port or 0, timeout=30)
+        for ask in ({"input": "a document"}, {"input": ["a", "b"], "model": MINILM}):
+            headers = {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            client.request("POST", "/embed", json.dumps(ask), headers)
+            response = client.getresponse()
+            answer = json.loads(response.read())
+            assert response.status == 200, answer
+        client.close()
+    finally:
+        server.stop()
 
 
 def _failures_retry(ctx: Context) -> None:
@@ -668,6 +747,10 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
         (APPLICATION,),
         _hardened_sql_search,
     ),
+    "search (SQL), its functions made again before PUBLIC's rights were revoked (grant_search(), grant_worker())": (
+        (APPLICATION,),
+        _search_grants_before_revoking,
+    ),
     "search (HTTP)": ((APPLICATION,), _http_search),
     "search (HTTP server)": ((APPLICATION,), _http_server_search),
     "search (CLI)": (
@@ -675,6 +758,14 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
         lambda ctx: ctx.cli("search", "docs_chunked", "document", "-k", "2"),
     ),
     "search (CLI, as EMBED_SEARCH_DATABASE_URL's role)": ((APPLICATION,), _cli_search),
+    "embed and model list (CLI), the database's default and registered models": (
+        (SUPERUSER, WORKER),
+        _embed_and_model_list,
+    ),
+    "embed, readiness and metrics (HTTP server: POST /embed, GET /healthz, /readyz, /metrics)": (
+        (WORKER,),
+        _http_server_embed,
+    ),
     "plan": ((SUPERUSER,), _plan),
     "status": ((SUPERUSER, WORKER), _status),
     "doctor": ((SUPERUSER,), lambda ctx: ctx.cli("doctor")),
@@ -708,6 +799,28 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
 }
 
 CASES = [(op, role) for op, (roles, _) in OPERATIONS.items() for role in roles]
+
+# The operation that runs each HTTP route and each command of the command line (a real `run`
+# serves HTTP in "search (HTTP server)"; the in-process worker is the pipeline `run` runs).
+ENTRY_POINTS = {
+    "GET /healthz": "embed, readiness and metrics (HTTP server: POST /embed, GET /healthz, /readyz, /metrics)",
+    "GET /readyz": "embed, readiness and metrics (HTTP server: POST /embed, GET /healthz, /readyz, /metrics)",
+    "GET /metrics": "embed, readiness and metrics (HTTP server: POST /embed, GET /healthz, /readyz, /metrics)",
+    "POST /embed": "embed, readiness and metrics (HTTP server: POST /embed, GET /healthz, /readyz, /metrics)",
+    "POST /functions/v1/embed": "push mode (dispatch_batches, POST /functions/v1/embed's work)",
+    "POST /search": "search (HTTP server)",
+    "migrate": "migrate",
+    "run": "search (HTTP server)",
+    "status": "status",
+    "embed": "embed and model list (CLI), the database's default and registered models",
+    "search": "search (CLI)",
+    "failures": "failures --retry (a table's, an id's, all)",
+    "sweep": "sweep (CLI)",
+    "doctor": "doctor",
+    "plan": "plan",
+    "model": "embed and model list (CLI), the database's default and registered models",
+    "deploy": "deploy (CLI)",
+}
 
 
 @pytest.fixture(scope="module")
@@ -820,6 +933,23 @@ def test_every_hook_is_planted_and_fires(
             (roles.worker, "public"),
         ).fetchall()
     assert len(planted) == 2 and all(names >= 50 and total >= 500 for _, names, total in planted)
+
+
+def test_every_route_and_command_is_a_harness_operation() -> None:
+    """POST /embed, GET /readyz and /metrics, `embed` and `model list` (which read the
+    database's default and registered models, checking its release and the pooler first) ran in
+    no operation; each route the server serves and each command the parser knows is run by one."""
+    source = Path(http_server.__file__).read_text()
+    routes = {
+        f"{method} {path}"
+        for table, method in (("get_routes", "GET"), ("post_routes", "POST"))
+        for path in re.findall(
+            r'"(/[^"]*)": Route\(', source.split(f"self.{table} = {{", 1)[1].split("}", 1)[0]
+        )
+    }
+    commands = {name for name, *_ in parser.COMMANDS}
+    assert set(ENTRY_POINTS) == routes | commands
+    assert set(ENTRY_POINTS.values()) <= set(OPERATIONS)
 
 
 def test_the_documented_operations_are_the_harness_operations() -> None:

@@ -42,12 +42,16 @@ def transaction_pooler(
     pool_size: int = 1,
     mode: str = "transaction",
     query_wait_timeout: int = 120,
+    round_robin: bool = False,
 ) -> Iterator[int]:
     """Runs PgBouncer with `pool_mode = transaction` (or `mode`) and `pool_size` server
     connections per database and user; yields the port it listens on. One server connection
     (the default) makes every client of a user share it, so any session state one of them
     leaves behind is visible to the next. `query_wait_timeout`: PgBouncer's (its default), the
-    seconds a client's query waits for a server connection before the client is dropped."""
+    seconds a client's query waits for a server connection before the client is dropped.
+    `round_robin`: PgBouncer's `server_round_robin`, idle server connections handed out oldest
+    first (its default: the one freed last), so a client's consecutive transactions go round
+    the pool."""
     directory = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
     port = free_port()
     (directory / "userlist.txt").write_text("".join(f'"{u}" ""\n' for u in users))
@@ -66,6 +70,7 @@ pool_mode = {mode}
 default_pool_size = {pool_size}
 query_wait_timeout = {query_wait_timeout}
 max_client_conn = 200
+server_round_robin = {int(round_robin)}
 admin_users = postgres
 logfile = {directory / "pgbouncer.log"}
 pidfile = {directory / "pgbouncer.pid"}

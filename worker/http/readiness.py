@@ -8,6 +8,7 @@ last touched the database (a fetcher in its reconnect backoff kept it 0 for seco
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -20,6 +21,16 @@ if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
     from worker.pipeline.targets import TargetRegistry
     from worker.process.startup import DefaultModel, Waiting
+
+
+def model_named(model: str, problem: str) -> str:
+    """`problem` of `model`, said with its name once: most reasons name it already ("model 'x'
+    is not present", "unknown model 'x'", "model x is not downloaded"), and the name before
+    them said it twice; one that does not (a directory named by its path) gets it before."""
+    name = re.escape(model)
+    if re.search(rf"\bmodel (?:{name}|'{name}')(?![\w.-])", problem):
+        return problem
+    return f"model {model}: {problem}"
 
 
 class ReadinessProbe:
@@ -64,7 +75,7 @@ class ReadinessProbe:
         if waiting:
             found.append(f"starting: {waiting}")
         if model_problem:
-            found.append(f"model {self.default_model.name()}: {model_problem}")
+            found.append(model_named(self.default_model.name(), model_problem))
         if self.stopped():
             found.append("worker stopped")
         db_error = self.database()
