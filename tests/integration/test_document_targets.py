@@ -232,6 +232,34 @@ def test_a_keyword_search_for_a_heading_word_finds_the_chunks_of_its_section(
     assert ninth == (1,)
 
 
+def test_a_text_column_read_as_markdown_or_not_gets_the_full_text_of_its_kind(
+    conn: Conn, minilm: str
+) -> None:
+    """The chunk table's tsvector follows the target's kind when watch() changes it: with
+    headings for Markdown (made again, after them), as before for plain text."""
+    conn.execute("CREATE TABLE pages (id bigint PRIMARY KEY, body text)")
+    reads_headings = (
+        "SELECT embeddings_internal.fts_reads_headings('pages_chunks', 'fts'),"
+        " (SELECT array_agg(attname ORDER BY attnum) FROM pg_attribute"
+        "  WHERE attrelid = 'pages_chunks'::regclass AND attnum > 0 AND NOT attisdropped)"
+    )
+    watch = (
+        "SELECT embeddings.watch('pages', 'body', model => %s, chunk_tokens => 64, fts => 'english'"
+    )
+    conn.execute(watch + ")", (minilm,))
+    found = conn.execute(reads_headings).fetchone()
+    assert found is not None
+    plain, columns = found
+    assert not plain and columns.index("fts") < columns.index("headings")
+    conn.execute(watch + ", format => 'markdown')", (minilm,))
+    found = conn.execute(reads_headings).fetchone()
+    assert found is not None
+    headed, columns = found
+    assert headed and columns[-1] == "fts"
+    conn.execute(watch + ", format => 'text')", (minilm,))
+    assert conn.execute(reads_headings).fetchone() == (True, columns)  # text is a document too
+
+
 def test_a_document_that_cannot_be_read_fails_alone_naming_its_format(
     conn: Conn, files: dict[int, bytes], run_once: Callable[..., Worker]
 ) -> None:
