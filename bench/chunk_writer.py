@@ -3,6 +3,7 @@ worker's write transaction calls for a chunked target (sql/55_chunks.sql), timed
 databases whose schemas come from two checkouts (the change's parent and the change).
 
     python -m bench.chunk_writer DSN_BEFORE DSN_AFTER [--rows 500] [--chunks 4] [--pairs 25]
+        [--kind text|text-fts|documents]
 
 Each database must be migrated (`embed-worker migrate`, run from the checkout it stands for) and
 otherwise empty of a table named bench_chunked. Each call writes `rows` documents of `chunks`
@@ -11,6 +12,9 @@ from the same state; calls alternate before, after (the machine's speed drifts),
 report is the median time of each and the median of the paired ratios after / before. The
 writer's arguments are read from its signature, so a release that added one (the chunks'
 `headings` and `pages`, issue 39) gets it as NULLs: a text document's chunks have neither.
+`--kind`: a text column chunked as plain text (the default), the same with full-text search on
+(the chunk table's generated tsvector), or read as Markdown with full-text search on, each chunk
+with a heading path of three headings (whose words the tsvector holds since 0.4.0).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import time
 from typing import Any
@@ -29,7 +34,15 @@ TABLE = "bench_chunked"
 DIMS = 384
 
 
-def prepare(dsn: str, rows: int) -> str:
+# watch()'s arguments after the chunk size, by --kind.
+KINDS = {
+    "text": "",
+    "text-fts": ", fts => 'english'",
+    "documents": ", format => 'markdown', fts => 'english'",
+}
+
+
+def prepare(dsn: str, rows: int, kind: str = "text") -> str:
     """The chunked target's table with `rows` rows; the name of its chunk writer."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {TABLE} (id bigint PRIMARY KEY, body text)")
@@ -39,7 +52,9 @@ def prepare(dsn: str, rows: int) -> str:
             (rows,),
         )
         found = conn.execute(
-            "SELECT embeddings.watch(%s, 'body', model => 'all-MiniLM-L6-v2', chunk_tokens => 64)",
+            "SELECT embeddings.watch(%s, 'body', model => 'all-MiniLM-L6-v2', chunk_tokens => 64"
+            + KINDS[kind]
+            + ")",
             (TABLE,),
         ).fetchone()
         assert found is not None
@@ -47,12 +62,19 @@ def prepare(dsn: str, rows: int) -> str:
         return f"embeddings.embeddings_{found[0]}_chunks"
 
 
-def arguments(dsn: str, writer: str, chunks: int, seed: int) -> tuple[str, list[Any]]:
-    """The call and its parameters, by the writer's argument names."""
+def arguments(
+    dsn: str, writer: str, chunks: int, seed: int, headed: bool = False
+) -> tuple[str, list[Any]]:
+    """The call and its parameters, by the writer's argument names; `headed`: each chunk with a
+    heading path, as a document's has."""
     with psycopg.connect(dsn) as conn:
+        # The writer of the most arguments: a release may keep its predecessor's beside it
+        # (0.4.0 keeps 0.2.0's for workers of that release).
         found = conn.execute(
-            "SELECT pg_get_function_identity_arguments(oid) FROM pg_proc WHERE oid = %s::regproc",
-            (writer,),
+            "SELECT pg_get_function_identity_arguments(p.oid) FROM pg_proc p"
+            " WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname = %s"
+            " ORDER BY p.pronargs DESC LIMIT 1",
+            (writer.split(".", 1)[1],),
         ).fetchone()
         keyed = conn.execute(f"SELECT id::text, md5(body) FROM {TABLE} ORDER BY id").fetchall()
     assert found is not None
@@ -81,7 +103,14 @@ def arguments(dsn: str, writer: str, chunks: int, seed: int) -> tuple[str, list[
         "digests": [d for _, d in keyed],
         "counts": [chunks] * len(keys),
         **per_chunk,
-        "headings": json.dumps([None] * n),
+        "headings": json.dumps(
+            [
+                ["Installation guide", "Configuring the server", f"Step {seq % chunks}"]
+                for seq in range(n)
+            ]
+            if headed
+            else [None] * n
+        ),
         "pages": [None] * n,
     }
     missing = [a for a in arg_names if a not in values]
@@ -91,14 +120,43 @@ def arguments(dsn: str, writer: str, chunks: int, seed: int) -> tuple[str, list[
     return f"SELECT count(*) FROM {writer}({placeholders})", [values[a] for a in arg_names]
 
 
-def timed_call(dsn: str, call: str, params: list[Any]) -> float:
+def backend_cpu(pid: int) -> float | None:
+    """Server process `pid`'s CPU seconds (user and system), where the server runs here and
+    /proc shows it; else None. On a loaded machine wall time varies with the neighbours, the
+    backend's own CPU time much less."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def timed_call(dsn: str, call: str, params: list[Any]) -> tuple[float, float | None]:
+    """The call's wall time and its backend's CPU time (None where unknown), in seconds."""
     with psycopg.connect(dsn) as conn:
-        conn.execute("SELECT 1")
+        found = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert found is not None
+        cpu_before = backend_cpu(found[0])
         started = time.perf_counter()
         conn.execute(call, params)
         elapsed = time.perf_counter() - started
+        cpu_after = backend_cpu(found[0])
         conn.rollback()
-    return elapsed
+    cpu = None if cpu_before is None or cpu_after is None else cpu_after - cpu_before
+    return elapsed, cpu
+
+
+def summary(before: list[float], after: list[float]) -> dict[str, Any]:
+    ratios = [a / b for a, b in zip(after, before, strict=True) if b > 0]
+    return {
+        "before_median_ms": round(statistics.median(before) * 1000, 1),
+        "after_median_ms": round(statistics.median(after) * 1000, 1),
+        "after_over_before_median": round(statistics.median(ratios), 3),
+        "after_over_before_quartiles": [
+            round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]
+        ],
+    }
 
 
 def main() -> None:
@@ -108,35 +166,32 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=500)
     parser.add_argument("--chunks", type=int, default=4)
     parser.add_argument("--pairs", type=int, default=25)
+    parser.add_argument("--kind", choices=sorted(KINDS), default="text")
     args = parser.parse_args()
     calls = []
     for dsn in (args.before, args.after):
-        writer = prepare(dsn, args.rows)
-        calls.append((dsn, *arguments(dsn, writer, args.chunks, seed=1)))
+        writer = prepare(dsn, args.rows, args.kind)
+        headed = args.kind == "documents"
+        calls.append((dsn, *arguments(dsn, writer, args.chunks, seed=1, headed=headed)))
     for dsn, call, params in calls:  # warm-up: caches, plans
         timed_call(dsn, call, params)
-    before: list[float] = []
-    after: list[float] = []
+    before: list[tuple[float, float | None]] = []
+    after: list[tuple[float, float | None]] = []
     for _ in range(args.pairs):
         before.append(timed_call(*calls[0]))
         after.append(timed_call(*calls[1]))
-    ratios = [a / b for a, b in zip(after, before, strict=True)]
-    print(
-        json.dumps(
-            {
-                "rows": args.rows,
-                "chunks_per_row": args.chunks,
-                "pairs": args.pairs,
-                "before_median_ms": round(statistics.median(before) * 1000, 1),
-                "after_median_ms": round(statistics.median(after) * 1000, 1),
-                "after_over_before_median": round(statistics.median(ratios), 3),
-                "after_over_before_quartiles": [
-                    round(q, 3) for q in statistics.quantiles(ratios, n=4)[::2]
-                ],
-            },
-            indent=2,
-        )
-    )
+    report: dict[str, Any] = {
+        "kind": args.kind,
+        "rows": args.rows,
+        "chunks_per_row": args.chunks,
+        "pairs": args.pairs,
+        **summary([w for w, _ in before], [w for w, _ in after]),
+    }
+    cpu_before = [c for _, c in before if c is not None]
+    cpu_after = [c for _, c in after if c is not None]
+    if len(cpu_before) == len(cpu_after) == args.pairs:
+        report["backend_cpu"] = summary(cpu_before, cpu_after)
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -112,7 +112,9 @@ $$;
 -- heading path and page (headings, page), when it lacks them: a chunk table an older release made
 -- (its chunks' stay NULL until their document is embedded again), and every new one. Added by watch() last, after the full-text column a watch(...,
 -- fts => ...) adds, so that a new chunk table has the column order of a 0.2.0 one given full-text
--- search and then upgraded (migrations/versions/0019_release_0_3_0/upgrade.sql adds them there).
+-- search and then upgraded (migrations/versions/0019_release_0_3_0/upgrade.sql adds them there);
+-- a document target's before it, which reads `headings` (enable_fts(); 0.4.0's upgrade makes
+-- that column again, at the end).
 CREATE FUNCTION embeddings_internal.ensure_chunk_offsets(chunk_table regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -431,10 +433,18 @@ BEGIN
         PERFORM embeddings_internal.start_backfill(t, registered.reembed);
         PERFORM set_config('embeddings.following', 'off', true);
     END IF;
+    -- A document's chunks are indexed with their heading paths (sql/59_hybrid.sql:
+    -- headed_fts_sql()), which the column must follow; plain text's after it (it says why).
+    IF document_format IS NOT NULL THEN
+        PERFORM embeddings_internal.ensure_chunk_offsets(t.store_table);
+    END IF;
     -- Another configuration, or the target's own on a chunk table without its column: a new
-    -- one (chunk_table => another table), which search would otherwise read for a column it lacks.
+    -- one (chunk_table => another table), which search would otherwise read for a column it
+    -- lacks; or of the other kind (documents, or plain text, since this call).
     IF (o.fts IS NOT NULL AND o.fts IS DISTINCT FROM t.fts_config)
-       OR (t.fts_config IS NOT NULL AND embeddings_internal.attnum_of(t.store_table, t.fts_column) IS NULL) THEN
+       OR (t.fts_config IS NOT NULL AND embeddings_internal.attnum_of(t.store_table, t.fts_column) IS NULL)
+       OR (t.fts_config IS NOT NULL AND embeddings_internal.fts_reads_headings(t.store_table, t.fts_column)
+                                        IS DISTINCT FROM (document_format IS NOT NULL)) THEN
         PERFORM embeddings.enable_fts(o.source, coalesce(o.fts, t.fts_config), o.embedding_column);
     END IF;
     PERFORM embeddings_internal.ensure_chunk_offsets(t.store_table);  -- after the full-text column: it says why

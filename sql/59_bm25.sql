@@ -315,11 +315,12 @@ BEGIN
         -- filtered out in C: setweight() marks the query's, ts_filter() keeps the marked) and
         -- whether it matches the every-word query. The tsvector is read (detoasted) once, in
         -- d: each function given the column itself would read it again, and reading is most
-        -- of a candidate's cost. Without fields our tsvectors hold no weight but D
-        -- (fts_sql()), so the marked are exactly the query's lexemes. With fields they hold A
-        -- (the title) and D: d is the tsvector as it is (an empty setweight() copies it), the
-        -- query's lexemes are marked B, and `title` keeps the title's places of each (a few
-        -- lexemes at most) for tf below.
+        -- of a candidate's cost. Our tsvectors hold no weight but A and D (fts_sql(): A for
+        -- a title's words, or a document chunk's heading path's), so the query's lexemes are
+        -- marked B, and the marked are exactly those. With fields d is the tsvector as it is
+        -- (an empty setweight() copies it), marked in m, where `title` keeps the title's
+        -- places of each (a few lexemes at most) for tf below. A heading path's places count
+        -- in tf as the text's (one field).
         ARRAY[format(
             ' m AS MATERIALIZED (SELECT d.key, %1$s pg_catalog.length(d.v)::double precision AS len,'
             '  %2$s AS hits, %3$s AS title, %4$s AS every%5$s'
@@ -327,7 +328,7 @@ BEGIN
             '  WHERE %10$s OPERATOR(pg_catalog.@@) a.q AND %11$s IS NOT NULL AND (',
             (SELECT coalesce(string_agg(format('d.%I, ', f), ''), '') FROM unnest(extra) AS f),
             CASE WHEN fields THEN 'pg_catalog.ts_filter(pg_catalog.setweight(d.v, ''B'', w.lexemes), ''{b}'')'
-                 ELSE 'pg_catalog.ts_filter(d.v, ''{a}'')' END,
+                 ELSE 'pg_catalog.ts_filter(d.v, ''{b}'')' END,
             CASE WHEN fields
                  THEN 'pg_catalog.ts_filter(pg_catalog.setweight(pg_catalog.ts_filter(d.v, ''{a}''), ''B'', w.lexemes), ''{b}'')'
                  ELSE 'NULL::pg_catalog.tsvector' END,
@@ -336,7 +337,7 @@ BEGIN
             q->>'key',
             (SELECT coalesce(string_agg(format('%s AS %I, ', q->>f, f), ''), '') FROM unnest(extra) AS f),
             CASE WHEN fields THEN format('pg_catalog.setweight(%s, ''A'', ''{}''::pg_catalog.text[])', fts)
-                 ELSE format('pg_catalog.setweight(%s, ''A'', w.lexemes)', fts) END,
+                 ELSE format('pg_catalog.setweight(%s, ''B'', w.lexemes)', fts) END,
             q->>'from', fts, q->>'vector'), ') OFFSET 0) d CROSS JOIN w),']),
         -- h, k and o
         embeddings_internal.bm25_left_out_sql(t, mode, q, fts)),

@@ -117,9 +117,41 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                      || pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(pg_catalog.substr(content, pg_catalog.strpos(content, pg_catalog.chr(31)) + 1), E'(\\w)\\.(?=\\w)', E'\\1 ', 'g')) END
 $$;
 
+-- The tsvector of a document's chunk (a chunked target with a document format: its chunk
+-- table's generated column), `expr` its text: the words of its heading path (column
+-- `headings`) weighted A, then the chunk's (D, their places after the headings', as in one
+-- text), so that a search for a section's title finds its chunks, whose text seldom repeats
+-- it, and ts_rank_cd() ranks a heading's word above a word of the text. A chunk without a
+-- heading (plain text, a PDF's) gets plain_fts_sql()'s. Built-in functions only: a generated
+-- column that called one of ours would hang on the code every upgrade drops and installs
+-- again (worker/schema/code.py), and array_to_string() is not immutable, so the path is
+-- joined element by element: its first 9 headings, as deep as the worker makes a path
+-- (worker/pipeline/documents/extracted.py: MAX_DEPTH, checked for a parse's answer too).
+CREATE FUNCTION embeddings_internal.headed_fts_sql(config regconfig, expr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('CASE WHEN pg_catalog.cardinality(headings) OPERATOR(pg_catalog.>) 0'
+                  ' THEN pg_catalog.setweight(%s, ''A'') OPERATOR(pg_catalog.||) %s ELSE %2$s END',
+                  embeddings_internal.plain_fts_sql(config, string_agg(format('coalesce(headings[%s], '''')', i),
+                                                                       ' OPERATOR(pg_catalog.||) '' '' OPERATOR(pg_catalog.||) ' ORDER BY i)),
+                  embeddings_internal.plain_fts_sql(config, expr))
+    FROM generate_series(1, 9) AS i
+$$;
+
+-- Whether chunk table `rel`'s tsvector column `col` is headed_fts_sql()'s: its generation
+-- expression reads column `headings` (Postgres records which columns it reads).
+CREATE FUNCTION embeddings_internal.fts_reads_headings(rel regclass, col name) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (
+        SELECT FROM pg_attrdef d JOIN pg_depend p ON p.classid = 'pg_attrdef'::regclass AND p.objid = d.oid
+        WHERE d.adrelid = rel AND d.adnum = embeddings_internal.attnum_of(rel, col)
+          AND p.refclassid = 'pg_class'::regclass AND p.refobjid = rel
+          AND p.refobjsubid = embeddings_internal.attnum_of(rel, 'headings'))
+$$;
+
 -- The tsvector of target t's content, text expression `expr` (NULL when t has no full-text
 -- search): with fields (fts_title_weight), fields_tsvector()'s; a chunked target's chunks are
--- one field. It reads the content's first 1,048,576 characters (docs/sql.md, enable_fts): its
+-- one field, a document's with its heading path (headed_fts_sql()). It reads the content's
+-- first 1,048,576 characters (docs/sql.md, enable_fts): its
 -- vector reads the model's first 512 tokens, a long document is chunked, and to_tsvector() of
 -- a whole multi-megabyte row took longer than the store's UPDATE may (that of the table
 -- owner's triggers: 6.75 MB failed every attempt, its error naming the owner's code) or
@@ -130,6 +162,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 WHEN t.fts_title_weight IS NOT NULL AND NOT embeddings_internal.store_has_chunks(t)
                 THEN format('embeddings_internal.fields_tsvector(%L::pg_catalog.regconfig, pg_catalog.left(%s, 1048576))',
                             t.fts_config::text, expr)
+                WHEN embeddings_internal.store_has_chunks(t) AND t.document_format IS NOT NULL
+                THEN embeddings_internal.headed_fts_sql(t.fts_config, expr)
                 WHEN embeddings_internal.store_has_chunks(t)  -- (a chunk: a few hundred tokens)
                 THEN embeddings_internal.plain_fts_sql(t.fts_config, expr)
                 ELSE embeddings_internal.plain_fts_sql(t.fts_config, format('pg_catalog.left(%s, 1048576)', expr)) END
@@ -213,6 +247,9 @@ BEGIN
                                      updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
     IF embeddings_internal.store_has_chunks(t) THEN
+        IF t.document_format IS NOT NULL THEN  -- (the column reads the chunks' heading paths)
+            PERFORM embeddings_internal.ensure_chunk_offsets(rel);
+        END IF;
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I tsvector GENERATED ALWAYS AS (%s) STORED',
                        rel, col, embeddings_internal.fts_sql(t, 'chunk'));
     ELSE

@@ -184,6 +184,82 @@ def test_search_returns_each_result_with_its_heading_path_and_page(
     assert row is not None and row[:2] == (3, []) and row[2] in (1, 2)
 
 
+def test_a_keyword_search_for_a_heading_word_finds_the_chunks_of_its_section(
+    conn: Conn,
+    files: dict[int, bytes],
+    run_once: Callable[..., Worker],
+    embedders: LoadedModels,
+    minilm: str,
+) -> None:
+    """A section's heading is in its chunks' full text (weight A), not only in their heading
+    path: "refunds" finds the Refunds section, whose text never says it, in both of hybrid
+    search's full-text matches; a heading's word ranks above the same word once in a text."""
+    conn.execute(
+        "INSERT INTO files VALUES (6, 'file 6', convert_to(%s, 'UTF8'))",
+        ("# Warehouse\n\nWe sort parcels here before shipping, and stack the crates.\n",),
+    )
+    conn.execute("SELECT embeddings.enable_fts('files', 'english')")
+    run_once()
+
+    def by_text(question: str, match: str) -> list[tuple[Any, ...]]:
+        vector = embedders.get(minilm).embed([question])[0]
+        return conn.execute(
+            "SELECT key, content, headings FROM embeddings.hybrid_search('files', %s,"
+            " %s::halfvec, 10, text_match => %s) WHERE text_rank IS NOT NULL ORDER BY text_rank",
+            (question, str(vector.tolist()), match),
+        ).fetchall()
+
+    for match in ("any", "all"):
+        assert by_text("refunds", match) == [(1, "It takes 14 days.", ["Help centre", "Refunds"])]
+        assert by_text("carrying over", match) == [
+            (2, "At most five days move to the next year.", ["Holidays", "Carrying over"])
+        ]
+    shipping = [(key, headings) for key, _, headings in by_text("shipping", "all")]
+    assert shipping == [(1, ["Help centre", "Shipping"]), (6, ["Warehouse"])]
+    # Every heading of a path, the deepest (the worker makes at most MAX_DEPTH) included.
+    deep = "".join(f"{'#' * min(n, 6)} level{n} heading\n\n" for n in range(1, 7)) + "body\n"
+    conn.execute("INSERT INTO files VALUES (7, 'deep', convert_to(%s, 'UTF8'))", (deep,))
+    run_once()
+    found = conn.execute(
+        "SELECT id, headings FROM files_chunks WHERE fts @@ to_tsquery('english', 'level1 & level6')"
+    ).fetchall()
+    assert found == [(7, [f"level{n} heading" for n in range(1, 7)])]
+    path = ["h"] * 8 + ["ninth"]
+    conn.execute("UPDATE files_chunks SET headings = %s WHERE id = 7", (path,))
+    ninth = conn.execute(
+        "SELECT count(*) FROM files_chunks WHERE fts @@ to_tsquery('english', 'ninth')"
+    ).fetchone()
+    assert ninth == (1,)
+
+
+def test_a_text_column_read_as_markdown_or_not_gets_the_full_text_of_its_kind(
+    conn: Conn, minilm: str
+) -> None:
+    """The chunk table's tsvector follows the target's kind when watch() changes it: with
+    headings for Markdown (made again, after them), as before for plain text."""
+    conn.execute("CREATE TABLE pages (id bigint PRIMARY KEY, body text)")
+    reads_headings = (
+        "SELECT embeddings_internal.fts_reads_headings('pages_chunks', 'fts'),"
+        " (SELECT array_agg(attname ORDER BY attnum) FROM pg_attribute"
+        "  WHERE attrelid = 'pages_chunks'::regclass AND attnum > 0 AND NOT attisdropped)"
+    )
+    watch = (
+        "SELECT embeddings.watch('pages', 'body', model => %s, chunk_tokens => 64, fts => 'english'"
+    )
+    conn.execute(watch + ")", (minilm,))
+    found = conn.execute(reads_headings).fetchone()
+    assert found is not None
+    plain, columns = found
+    assert not plain and columns.index("fts") < columns.index("headings")
+    conn.execute(watch + ", format => 'markdown')", (minilm,))
+    found = conn.execute(reads_headings).fetchone()
+    assert found is not None
+    headed, columns = found
+    assert headed and columns[-1] == "fts"
+    conn.execute(watch + ", format => 'text')", (minilm,))
+    assert conn.execute(reads_headings).fetchone() == (True, columns)  # text is a document too
+
+
 def test_a_document_that_cannot_be_read_fails_alone_naming_its_format(
     conn: Conn, files: dict[int, bytes], run_once: Callable[..., Worker]
 ) -> None:

@@ -21,8 +21,9 @@ KINDS = {
 
 
 def install_every_kind(roles: Roles) -> dict[str, int]:
-    """The owner's tables of every kind, watched (with full-text search on two, one of them
-    with a weighted title, and a model change under way on another): every generator has run."""
+    """The owner's tables of every kind, watched (with full-text search on three, one of them
+    with a weighted title, one a document target's chunk table, whose tsvector reads the
+    chunks' heading paths; and a model change under way on another): every generator has run."""
     with roles.connect(roles.owner) as owner:
         for kind, (columns, _) in KINDS.items():
             owner.execute(f"CREATE TABLE docs_{kind} ({columns})")
@@ -37,6 +38,7 @@ def install_every_kind(roles: Roles) -> dict[str, int]:
             targets[kind] = int((row.fetchone() or (0,))[0])
         su.execute("SELECT embeddings.enable_fts('docs_plain', 'english')")
         su.execute("SELECT embeddings.enable_fts('docs_side', 'english', title_weight => 2)")
+        su.execute("SELECT embeddings.enable_fts('docs_documents', 'english')")
         su.execute(
             "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
             " VALUES ('other-model', 8, 512, 'mean') ON CONFLICT DO NOTHING"

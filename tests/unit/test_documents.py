@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -688,8 +689,8 @@ def test_an_atx_heading_is_read_as_the_backtracking_pattern_read_it(line: str) -
 def test_titles_headings_and_sections_are_bounded_whatever_the_document() -> None:
     page = "<title>" + "Title " * 10_000 + "</title><h1>" + "Heading " * 10_000 + "</h1><p>x</p>"
     document = extract(page.encode(), max_bytes=0, format="html")
-    assert document.title is not None and len(document.title) == MAX_TITLE
-    assert document.title.endswith("…")
+    assert document.title is not None and len(document.title) <= MAX_TITLE
+    assert document.title == " ".join(["Title"] * 33) + "…"  # whole words: 197 characters
     assert all(len(h) <= MAX_HEADING for s in document.sections for h in s.headings)
     many = "".join(f"{'#' * (1 + k % 6)} h{k}\n\nbody {k}\n\n" for k in range(MAX_SECTIONS + 500))
     sections = extract(many, max_bytes=0, format="markdown").sections
@@ -699,6 +700,26 @@ def test_titles_headings_and_sections_are_bounded_whatever_the_document() -> Non
     docx = docx_bytes([(f"Heading {n}", f"level {n}") for n in range(1, 10)] + [("Normal", "x")])
     for found in (extract(deep.encode(), max_bytes=0), extract(docx, max_bytes=0)):
         assert max(len(s.headings) for s in found.sections) <= MAX_DEPTH
+
+
+@pytest.mark.parametrize("format", ["html", "markdown", "docx", "docx-paragraph", "pdf"])
+def test_a_long_title_is_cut_on_a_word_boundary_in_every_format(format: str) -> None:
+    """A title over MAX_TITLE characters keeps the words that fit before an ellipsis, as a
+    heading does: never half a word, which every chunk's context header would then carry."""
+    # 16 words of 15 characters, 255 in all (the most a DOCX core property holds).
+    words = [f"Installation{n:03d}" for n in range(16)]
+    title = " ".join(words)
+    made: dict[str, Callable[[], bytes]] = {
+        "html": lambda: f"<html><head><title>{title}</title></head><p>x</p></html>".encode(),
+        "markdown": lambda: f"# {title}\n\nx\n".encode(),
+        "docx": lambda: docx_bytes([("Normal", "x")], title=title),
+        "docx-paragraph": lambda: docx_bytes([("Title", title), ("Normal", "x")]),
+        "pdf": lambda: pdf_bytes([["x"]], title=title),
+    }
+    found = extract(made[format](), max_bytes=CEILING).title
+    # 12 words and their spaces are 191 characters; a 13th would make 207, past 199.
+    assert found == " ".join(words[:12]) + "…"
+    assert len(found) <= MAX_TITLE
 
 
 def test_a_pdf_of_more_pages_than_a_document_may_have_is_refused() -> None:

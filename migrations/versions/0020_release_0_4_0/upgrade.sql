@@ -42,6 +42,48 @@ BEGIN
     END IF;
 END
 $$;
+-- Document chunks' full text reads their heading paths (sql/59_hybrid.sql: headed_fts_sql()):
+-- a document target's chunk table with full-text search gets its generated tsvector column again,
+-- at the end, with the expression headed_fts_sql() gives (Postgres 15 cannot change a generated
+-- column's expression in place; the code that builds it is installed after this file, so it is
+-- written out here, as sql/ would write it). Rewrites that chunk table and rebuilds its indexes,
+-- its HNSW index too (docs/upgrading.md). Plain text's chunks hold no heading: their tables stay.
+-- Done where the column does not read `headings` yet (idempotent).
+DO $$
+DECLARE
+    t record;
+    dots text := E'(\\w)\\.(?=\\w)';
+    path text := (SELECT string_agg(format('coalesce(headings[%s], '''')', i),
+                                    ' OPERATOR(pg_catalog.||) '' '' OPERATOR(pg_catalog.||) ' ORDER BY i)
+                  FROM pg_catalog.generate_series(1, 9) AS i);
+BEGIN
+    FOR t IN
+        SELECT tg.store_table::regclass AS rel, tg.fts_config::text AS config, tg.fts_column AS col
+        FROM embeddings.targets tg
+        JOIN pg_catalog.pg_attribute f ON f.attrelid = tg.store_table AND f.attname = tg.fts_column
+                                      AND f.attnum > 0 AND NOT f.attisdropped AND f.attgenerated = 's'
+        JOIN pg_catalog.pg_attribute h ON h.attrelid = tg.store_table AND h.attname = 'headings'
+                                      AND h.attnum > 0 AND NOT h.attisdropped
+        WHERE tg.store_kind = 'chunks' AND tg.document_format IS NOT NULL AND tg.fts_config IS NOT NULL
+          AND NOT EXISTS (SELECT FROM pg_catalog.pg_attrdef d
+                          JOIN pg_catalog.pg_depend p ON p.classid = 'pg_catalog.pg_attrdef'::regclass AND p.objid = d.oid
+                          WHERE d.adrelid = tg.store_table AND d.adnum = f.attnum
+                            AND p.refclassid = 'pg_catalog.pg_class'::regclass AND p.refobjid = tg.store_table
+                            AND p.refobjsubid = h.attnum)
+        ORDER BY tg.id
+    LOOP
+        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', t.rel, t.col);
+        EXECUTE format(
+            'ALTER TABLE %1$s ADD COLUMN %2$I tsvector GENERATED ALWAYS AS ('
+            'CASE WHEN pg_catalog.cardinality(headings) OPERATOR(pg_catalog.>) 0'
+            ' THEN pg_catalog.setweight(pg_catalog.to_tsvector(%3$L::pg_catalog.regconfig, pg_catalog.regexp_replace(%4$s, %5$L, %6$L, ''g'')), ''A'')'
+            ' OPERATOR(pg_catalog.||) pg_catalog.to_tsvector(%3$L::pg_catalog.regconfig, pg_catalog.regexp_replace(chunk, %5$L, %6$L, ''g''))'
+            ' ELSE pg_catalog.to_tsvector(%3$L::pg_catalog.regconfig, pg_catalog.regexp_replace(chunk, %5$L, %6$L, ''g'')) END) STORED',
+            t.rel, t.col, t.config, path, dots, E'\\1 ');
+        EXECUTE format('CREATE INDEX ON %s USING gin (%I)', t.rel, t.col);
+    END LOOP;
+END
+$$;
 -- A store made by watch() may be of any kind apart from its table.
 ALTER TABLE embeddings.made_tables DROP CONSTRAINT IF EXISTS made_tables_kind_check,
     ADD CONSTRAINT made_tables_kind_check CHECK (kind ~ '^[a-z]+$');

@@ -2,8 +2,9 @@
 and TextBuilder, which the formats that are not text already (HTML, DOCX) write it with.
 
 Every size derived from a document is bounded here, whatever the bytes: a title is cut at
-MAX_TITLE characters, a heading in a heading path at MAX_HEADING (on a word boundary, the words
-past it left in the section's text: cut_heading()), a heading path is at most MAX_DEPTH deep, a
+MAX_TITLE characters, a heading in a heading path at MAX_HEADING (each on a word boundary; a
+heading's words past it left in the section's text: cut_heading()), a heading path is at most
+MAX_DEPTH deep, a
 document has at most MAX_SECTIONS sections (later headings stay in the text of the last one) and
 a PDF at most MAX_PAGES pages. So the context header in front of every chunk is bounded too."""
 
@@ -90,11 +91,6 @@ def collapse_spaces(text: str) -> str:
     return _SPACES.sub(" ", text).strip()
 
 
-def clip(text: str, limit: int) -> str:
-    """`text` cut to at most `limit` characters (an ellipsis says it was)."""
-    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
-
-
 def cut_heading(text: str, limit: int = MAX_HEADING) -> tuple[str, int]:
     """A heading as a heading path holds it, and the offset in `text` of the first word it does
     not hold (len(text): none). The path holds the heading's words, spaces collapsed, when they
@@ -115,8 +111,10 @@ def cut_heading(text: str, limit: int = MAX_HEADING) -> tuple[str, int]:
 
 
 def headline(text: str, limit: int = MAX_HEADING) -> str:
-    """A heading's or title's text: its spaces collapsed, cut at `limit` characters."""
-    return clip(collapse_spaces(text), limit)
+    """A heading's or title's text: its spaces collapsed, cut on a word boundary to at most
+    `limit` characters, as cut_heading() cuts a heading (a title cut mid-word put half a word
+    in every chunk's context header)."""
+    return cut_heading(text, limit)[0]
 
 
 class TextBuilder:

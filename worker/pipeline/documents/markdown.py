@@ -19,8 +19,8 @@ from worker.pipeline.documents.extracted import (
     MAX_TITLE,
     ExtractedDocument,
     Section,
-    clip,
     cut_heading,
+    headline,
 )
 
 _ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]|$)")  # the opening sequence; the text follows
@@ -53,7 +53,7 @@ def extract(text: str) -> ExtractedDocument:
         end = headings[k + 1].start if k + 1 < len(headings) else len(text)
         sections.append(Section(tuple(t for _, t in path), heading.body, end))
     first = headings[0] if headings else None
-    title = clip(first.text, MAX_TITLE) if first is not None and first.level == 1 else None
+    title = headline(first.text, MAX_TITLE) if first is not None and first.level == 1 else None
     return ExtractedDocument("markdown", text, title, tuple(sections))
 
 
