@@ -177,6 +177,10 @@ BEGIN
     -- In-flight batches read under the old definition are handed back and redone with both models.
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
+    -- The digest with it (the shadow column is a side table's): a later change of nothing a
+    -- batch depends on must not give yet another version (sql/45_dropped.sql).
+    UPDATE embeddings.targets tg SET definition_digest = embeddings_internal.definition_digest(t)
+    WHERE tg.id = t.id RETURNING * INTO t;
     -- Jobs the worker held for the old definition (its model cannot load, say) are taken at
     -- once: a worker that has the new model serves them now (while the old model cannot load,
     -- with the new vector alone: worker/pipeline/shadow.py), and one that cannot holds them
@@ -284,6 +288,9 @@ BEGIN
     DELETE FROM embeddings.deferrals d WHERE d.target_id = t.id;
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now() WHERE tg.id = t.id
     RETURNING * INTO t;
+    -- (the digest with it, the shadow column gone: sql/45_dropped.sql)
+    UPDATE embeddings.targets tg SET definition_digest = embeddings_internal.definition_digest(t)
+    WHERE tg.id = t.id RETURNING * INTO t;
     PERFORM embeddings_internal.generate_access(t);  -- no shadow column to write any more
     RETURN true;
 END
@@ -481,6 +488,9 @@ BEGIN
     SET model = c.model,
         embedding_attnum = CASE WHEN NOT embeddings_internal.store_apart(t) THEN embeddings_internal.attnum_of(t.source, t.embedding_column) END,
         version = tg.version + 1, updated_at = now()
+    WHERE tg.id = t.id RETURNING * INTO t;
+    -- (the digest with it, the columns swapped: sql/45_dropped.sql)
+    UPDATE embeddings.targets tg SET definition_digest = embeddings_internal.definition_digest(t)
     WHERE tg.id = t.id RETURNING * INTO t;
     PERFORM embeddings_internal.install_triggers(t);  -- the generated functions name the new column
     PERFORM set_config('embeddings.following', following, true);

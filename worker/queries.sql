@@ -1591,6 +1591,16 @@ FROM embeddings.dispatched d
 JOIN net._http_response r ON r.id = d.request_id AND r.created >= d.sent_at
 WHERE d.answered_at IS NULL AND (r.status_code IS NULL OR r.status_code NOT BETWEEN 200 AND 299)
 
+-- name: untaken_posts
+-- Push mode: the requests dispatch() made more than a minute ago that pg_net's background
+-- worker has not taken (still in its queue, unanswered: it deletes what it takes), how many and
+-- when the oldest was sent (pg_net's queue has no time of its own). Where pg_net exists.
+SELECT pg_catalog.count(*), pg_catalog.min(d.sent_at)
+FROM embeddings.dispatched d
+JOIN net.http_request_queue q ON q.id = d.request_id
+WHERE d.answered_at IS NULL AND d.sent_at < pg_catalog.now() - interval '1 minute'
+  AND NOT EXISTS (SELECT FROM net._http_response r WHERE r.id = q.id AND r.created >= d.sent_at)
+
 -- name: renamed_schemas
 -- `doctor`: a schema holding embed-worker's tables (its targets and made_tables), its internal
 -- functions or pgmq under another name than theirs, whose name no schema has (an ALTER SCHEMA

@@ -258,6 +258,32 @@ def test_requests_are_forgotten(conn: Conn, net: pg_net.Net, jobs: list[int]) ->
     assert fetch_value(conn, "SELECT count(*) FROM embeddings.dispatched") == 0
 
 
+def test_doctor_says_when_pg_nets_worker_takes_no_requests(
+    conn: Conn, dsn: str, net: pg_net.Net, jobs: list[int]
+) -> None:
+    """pg_net's background worker dead (or running in another database): dispatch() runs on
+    schedule, its requests wait in pg_net's queue and are never answered. Before, doctor asked
+    whether dispatch()'s pg_cron job was still scheduled, which it was."""
+    if isinstance(net, pg_net.RealNet):
+        pytest.skip("the real pg_net's worker takes the requests: the stand-in's never does")
+    dispatch(conn, net.url(200))
+    conn.execute("UPDATE embeddings.dispatched SET sent_at = sent_at - interval '2 minutes'")
+    since = fetch_value(conn, "SELECT min(sent_at) FROM embeddings.dispatched")
+
+    [untaken] = push_checks(dsn)
+
+    assert untaken.level == "FAIL"
+    assert untaken.detail == (
+        f"pg_net's background worker is not taking requests: {len(jobs)} request(s) of "
+        f"embeddings.dispatch() have waited in net.http_request_queue since "
+        f"{since:%Y-%m-%d %H:%M:%S %Z}, unsent"
+    )
+    assert "pg_net.database_name" in untaken.fix and "net.worker_restart()" in untaken.fix
+    net.answer(conn)  # taken and answered: dispatch() has not read the answers yet
+    [unread] = push_checks(dsn)
+    assert "is its pg_cron job still scheduled?" in unread.detail
+
+
 def test_doctor_reports_failed_posts(
     conn: Conn, dsn: str, net: pg_net.Net, jobs: list[int]
 ) -> None:

@@ -92,8 +92,12 @@ def _fix(error: str) -> str:
 
 
 def _unread(conn: db.Connection, unread: int) -> Finding:
-    """Requests whose answer no dispatch() read: it stopped running (unscheduled?); pg_net's
-    table says how they went, where this role may read it."""
+    """Requests whose answer no dispatch() read: pg_net's worker never took them (they wait in
+    its queue), or dispatch() stopped running (unscheduled?); pg_net's table says how they
+    went, where this role may read it."""
+    untaken = _untaken(conn)
+    if untaken is not None:
+        return untaken
     detail = (
         f"{unread} request(s) of embeddings.dispatch() older than a minute whose answer no "
         "dispatch() read since: is its pg_cron job still scheduled?"
@@ -108,3 +112,26 @@ def _unread(conn: db.Connection, unread: int) -> Finding:
         detail += f"; {row[0]} of them failed, the first: {row[1]}"
         return Finding("FAIL", CHECK, detail, _fix(str(row[1])))
     return Finding("warn", CHECK, detail, "SELECT * FROM cron.job")
+
+
+def _untaken(conn: db.Connection) -> Finding | None:
+    """pg_net's background worker not taking requests (not running, or running in another
+    database): dispatch() runs on schedule and its posts wait in pg_net's queue unanswered."""
+    try:
+        with conn.transaction():
+            row = conn.execute(queries.get("untaken_posts")).fetchone()
+    except psycopg.Error:
+        return None  # no pg_net here, or this role may not read its queue
+    if not row or not row[0]:
+        return None
+    return Finding(
+        "FAIL",
+        CHECK,
+        f"pg_net's background worker is not taking requests: {row[0]} request(s) of "
+        f"embeddings.dispatch() have waited in net.http_request_queue since "
+        f"{row[1]:%Y-%m-%d %H:%M:%S %Z}, unsent",
+        "pg_net's worker must run in this database: shared_preload_libraries includes pg_net "
+        "and pg_net.database_name names this database (SHOW pg_net.database_name); then "
+        "restart it (SELECT net.worker_restart(), or restart PostgreSQL) and look in the "
+        "server's log for why it stopped",
+    )

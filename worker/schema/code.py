@@ -1,9 +1,10 @@
 """The code reinstall's steps around running the files (worker/schema/install.py: reinstall_code).
 
-The schema's *code* is every function, view and composite type in schema `embeddings` except the
+The schema's *code* is every function, view and composite type of ours in schemas `embeddings`
+and `embeddings_internal` (named by our SQL of some release: files.our_names) except the
 per-target functions watch() generates (`embeddings_<id>_*`: user tables' triggers use them, and
-sql/99_regenerate.sql regenerates them after the files ran), and everything of those kinds in
-schema `embeddings_internal`. A database of a release that kept its internals in `embeddings`
+sql/99_regenerate.sql regenerates them after the files ran); what else is there the user made,
+and `kept` keeps it. A database of a release that kept its internals in `embeddings`
 (before 0.4.0) loses them here, and the files create them in `embeddings_internal`: that is
 how an upgrade moves them. Dropping the code also drops what
 only we hang on it: the notification trigger on each pgmq queue table and our event triggers,
@@ -18,23 +19,26 @@ import logging
 
 from worker import exceptions
 from worker.db import Connection
+from worker.schema import files
 
 logger = logging.getLogger(__name__)
 
 # The code: functions (by regprocedure), views (and their row types) and composite types (the
-# functions' own, such as watch()'s options) of schemas embeddings and embeddings_internal.
+# functions' own, such as watch()'s options) of schemas embeddings and embeddings_internal whose
+# names our SQL of some release gives (`%(ours)s`: files.our_names); what else of these kinds is
+# there, the user made, and `kept` keeps it.
 _CODE = """
     SELECT 'pg_proc'::regclass AS classid, p.oid AS objid FROM pg_proc p
-    WHERE (p.pronamespace = to_regnamespace('embeddings') AND p.proname !~ '^embeddings_[0-9]+_')
-       OR p.pronamespace = to_regnamespace('embeddings_internal')
+    WHERE p.pronamespace IN (to_regnamespace('embeddings'), to_regnamespace('embeddings_internal'))
+      AND p.proname !~ '^embeddings_[0-9]+_' AND p.proname = ANY (%(ours)s)
     UNION ALL
     SELECT 'pg_class'::regclass, c.oid FROM pg_class c
     WHERE c.relnamespace IN (to_regnamespace('embeddings'), to_regnamespace('embeddings_internal'))
-      AND c.relkind IN ('v', 'm', 'c')
+      AND c.relkind IN ('v', 'm', 'c') AND c.relname = ANY (%(ours)s)
     UNION ALL
     SELECT 'pg_type'::regclass, c.reltype FROM pg_class c
     WHERE c.relnamespace IN (to_regnamespace('embeddings'), to_regnamespace('embeddings_internal'))
-      AND c.relkind IN ('v', 'm', 'c')
+      AND c.relkind IN ('v', 'm', 'c') AND c.relname = ANY (%(ours)s)
 """
 
 # Objects that depend on the code and are neither part of it nor ours to drop with it: a view's
@@ -57,7 +61,7 @@ WHERE d.deptype IN ('n', 'a')
       WHERE g.oid = d.objid AND g.tgname = 'embeddings_notify_workers'
         AND q.relnamespace = to_regnamespace('pgmq')))
   AND NOT (d.classid = 'pg_event_trigger'::regclass AND EXISTS (
-      SELECT FROM pg_event_trigger e WHERE e.oid = d.objid AND e.evtname LIKE 'embeddings\\_%'))
+      SELECT FROM pg_event_trigger e WHERE e.oid = d.objid AND e.evtname LIKE 'embeddings\\_%%'))
 ORDER BY 1, 2
 """
 
@@ -67,11 +71,11 @@ ORDER BY 1, 2
 # then the composite types the functions took.
 _DROPS = f"""
 WITH code AS ({_CODE})
-SELECT format('DROP TRIGGER %I ON %s', g.tgname, g.tgrelid::regclass)
+SELECT format('DROP TRIGGER %%I ON %%s', g.tgname, g.tgrelid::regclass)
 FROM pg_trigger g JOIN code c ON c.classid = 'pg_proc'::regclass AND c.objid = g.tgfoid
 WHERE g.tgname = 'embeddings_notify_workers'
 UNION ALL
-SELECT format('DROP EVENT TRIGGER %I', e.evtname)
+SELECT format('DROP EVENT TRIGGER %%I', e.evtname)
 FROM pg_event_trigger e JOIN code c ON c.classid = 'pg_proc'::regclass AND c.objid = e.evtfoid
 UNION ALL
 SELECT 'DROP VIEW ' || string_agg(c.oid::regclass::text, ', ')
@@ -161,13 +165,17 @@ def _installed(conn: Connection) -> bool:
     return bool(row and row[0])
 
 
+def _ours() -> dict[str, list[str]]:
+    return {"ours": sorted(files.our_names())}
+
+
 def refuse_foreign_dependents(conn: Connection) -> None:
     """Raises EmbedWorkerError, naming them, when objects that are not ours depend on the code
     (they would be dropped with it), or when our event triggers belong to a role the caller
     cannot drop them as."""
     if not _installed(conn):
         return
-    dependents = conn.execute(_FOREIGN_DEPENDENTS).fetchall()
+    dependents = conn.execute(_FOREIGN_DEPENDENTS, _ours()).fetchall()
     if dependents:
         listed = "\n".join(f"  {dependent} (uses {ours})" for dependent, ours in dependents)
         raise exceptions.EmbedWorkerError(
@@ -192,6 +200,6 @@ def drop_code(conn: Connection) -> None:
     CASCADE, anything it missed makes the drop fail instead of going with it)."""
     if not _installed(conn):
         return
-    for (statement,) in conn.execute(_DROPS).fetchall():
+    for (statement,) in conn.execute(_DROPS, _ours()).fetchall():
         logger.debug("%s", statement[:200])
         conn.execute(statement)

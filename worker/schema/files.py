@@ -59,17 +59,39 @@ def install_files(sql: Path | None = None) -> list[Path]:
 # A name our SQL gives in schema embeddings or embeddings_internal (created, altered, dropped or
 # called): `embeddings.watch`, `embeddings_internal."quoted"`.
 _OUR_NAME = re.compile(r'\bembeddings(?:_internal)?\.("(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)')
+# What released code was, beside the revisions (migrations/older_code.txt).
+_OLDER_CODE = "older_code.txt"
+# A schema before a type name in a signature: `halfvec` wherever pgvector lives.
+_TYPE_SCHEMA = re.compile(r'(?<=[(,])(?:"(?:[^"]|"")+"|[a-z_][a-z0-9_$]*)\.')
 
 
 def our_names(sql: Path | None = None, versions: Path | None = None) -> frozenset[str]:
     """Every name our SQL (`sql/`, and the revisions' state files, whose upgrades drop what
-    older releases had) qualifies with one of our schemas: what of theirs is ours."""
-    paths = [*(sql or sql_dir()).rglob("*.sql"), *(versions or versions_dir()).rglob("*.sql")]
+    older releases had) or an older release's code (older_code.txt) qualifies with one of our
+    schemas: what of theirs is ours."""
+    versions = versions or versions_dir()
+    paths = [*(sql or sql_dir()).rglob("*.sql"), *versions.rglob("*.sql")]
     found = set()
-    for path in paths:
+    for path in [*paths, versions.parent / _OLDER_CODE]:
         for name in _OUR_NAME.findall(path.read_text(encoding="utf-8")):
             found.add(name[1:-1].replace('""', '"') if name.startswith('"') else name.lower())
     return frozenset(found)
+
+
+def older_functions(versions: Path | None = None) -> frozenset[str]:
+    """The functions older releases installed (older_code.txt), as signature() writes them."""
+    found = set()
+    path = (versions or versions_dir()).parent / _OLDER_CODE
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.startswith("function "):
+            found.add(signature(line.removeprefix("function ")))
+    return frozenset(found)
+
+
+def signature(regprocedure: str) -> str:
+    """A function's regprocedure text with its argument types' schemas left out, which differ
+    between servers (pgvector's `extensions.halfvec` on Supabase, `public.halfvec` here)."""
+    return _TYPE_SCHEMA.sub("", regprocedure.replace(", ", ","))
 
 
 def revision_name(revision: str, versions: Path | None = None) -> str:

@@ -12,7 +12,7 @@ import psycopg
 
 from worker import exceptions, queries
 from worker.db import Connection
-from worker.schema import code, files, privileges
+from worker.schema import code, files, kept, privileges
 
 logger = logging.getLogger(__name__)
 
@@ -63,20 +63,25 @@ def reinstall_code(
     """Drops the schema's functions and views, runs `paths`, regenerates what depends on them
     (see the module docstring), and keeps what others were granted or denied on them
     (`privileges`): lines saying what it kept or could not. Refuses, before dropping anything,
-    when an object of someone else's depends on them. `public_before`: what PUBLIC held before
+    when an object of someone else's depends on them. Functions, views and types of the user's
+    in our schemas are kept (`kept`). `public_before`: what PUBLIC held before
     the upgrade began (before the revisions' state files granted anything), else now."""
     code.refuse_foreign_dependents(conn)
     code.refuse_short_lock_table(conn)
     if public_before is None:
         public_before = privileges.public_privileges(conn)
+    theirs = kept.set_aside(conn)
+    named_ours = kept.named_ours(conn)
     grants = privileges.extra_grants(conn)
     code.drop_code(conn)
     run_files(conn, paths)  # the last, 99_regenerate.sql, regenerates targets and queues
+    kept.refuse_dropped_overloads(conn, named_ours)
+    kept.put_back(conn, theirs)
     privileges.restore_grants(conn, grants)
     files_granted = privileges.public_privileges(conn) or {}
-    kept = privileges.keep_public_revocations(conn, public_before, files_granted)
+    lines = privileges.keep_public_revocations(conn, public_before, files_granted)
     privileges.follow_search_grants(conn)
-    return kept + privileges.carry_to_internals(conn, grants, files_granted)
+    return lines + privileges.carry_to_internals(conn, grants, files_granted)
 
 
 def use_installer_path(conn: Connection) -> None:
