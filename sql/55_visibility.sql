@@ -29,6 +29,9 @@ DECLARE
     lane_table text;
     held boolean;
 BEGIN
+    IF NOT EXISTS (SELECT FROM embeddings.deferrals d WHERE d.target_id = ANY (target_ids)) THEN
+        RETURN;  -- (every batch that serves a target calls it: this is the cost it pays)
+    END IF;
     FOR t IN SELECT tg.* FROM embeddings.targets tg JOIN embeddings.deferrals d ON d.target_id = tg.id
              WHERE tg.id = ANY (target_ids) ORDER BY tg.id LOOP
         held := false;
