@@ -16,10 +16,40 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         since = CASE WHEN d.reason = excluded.reason THEN d.since ELSE now() END
 $$;
 
--- Forgets the deferrals of targets the worker served again (worker roles only, as above).
+-- Forgets the deferrals of targets the worker served again (worker roles only, as above), but
+-- of one whose jobs are still held: a worker that cannot serve it (another model path, a
+-- provider it cannot reach) recorded why, and status, doctor and the metrics say so until its
+-- holds end; a worker that can serve takes them meanwhile (worker/process/held.py). Held as
+-- release_held() (44_changes.sql) finds them, by pgmq's vt index. A served target seldom has a
+-- deferral: its lanes are looked at only then.
 CREATE FUNCTION embeddings_internal.clear_deferrals(target_ids integer[]) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    DELETE FROM embeddings.deferrals d WHERE d.target_id = ANY(target_ids)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
+DECLARE
+    t embeddings.targets;
+    lane_table text;
+    held boolean;
+BEGIN
+    IF NOT EXISTS (SELECT FROM embeddings.deferrals d WHERE d.target_id = ANY (target_ids)) THEN
+        RETURN;  -- (every batch that serves a target calls it: this is the cost it pays)
+    END IF;
+    FOR t IN SELECT tg.* FROM embeddings.targets tg JOIN embeddings.deferrals d ON d.target_id = tg.id
+             WHERE tg.id = ANY (target_ids) ORDER BY tg.id LOOP
+        held := false;
+        FOREACH lane_table IN ARRAY ARRAY[embeddings_internal.lane_table(t.queue, 'live'),
+                                          embeddings_internal.lane_table(t.queue, 'backfill')] LOOP
+            CONTINUE WHEN to_regclass(format('pgmq.%I', lane_table)) IS NULL;
+            EXECUTE format($q$
+                SELECT EXISTS (SELECT FROM pgmq.%I q
+                               WHERE q.vt > $2
+                                 AND q.message #> '{held,until}' = pg_catalog.to_jsonb(EXTRACT(epoch FROM q.vt))
+                                 AND q.message #> '{held,target}' = pg_catalog.to_jsonb($1))
+                $q$, lane_table) INTO held USING t.id, pg_catalog.clock_timestamp();
+            EXIT WHEN held;
+        END LOOP;
+        CONTINUE WHEN held;
+        DELETE FROM embeddings.deferrals d WHERE d.target_id = t.id;
+    END LOOP;
+END
 $$;
 
 -- The model watch() uses when none is named.

@@ -161,6 +161,44 @@ WHERE q.vt > pg_catalog.statement_timestamp()
   AND q.message #> '{{held,target}}' IN (SELECT to_jsonb(t) FROM unnest(%(target_ids)s::integer[]) AS t)
 RETURNING q.msg_id;
 
+-- name: read_held_jobs
+-- Leases held jobs of these targets (%(target_ids)s: those this worker can serve and did not
+-- hold itself), oldest first, bounded by keys as read_jobs: the jobs a worker that cannot serve
+-- a target put back for a minute, taken by one that can whenever it has room (a lease, not a
+-- release: made visible, they went to the workers that cannot serve them, held again).
+-- Held as release_held_jobs finds them (by pgmq's vt index): a lease, a retry or a release
+-- since set another vt.
+-- ours: touches only our tables and pgmq's, runs no one else's code
+WITH held AS (
+    SELECT msg_id,
+           greatest(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
+                         WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array'
+                         THEN jsonb_array_length(message -> 'columns' -> 0)
+                         WHEN jsonb_typeof(message -> 'columns' -> 0) = 'string'  -- array text: commas + 1
+                         THEN length(message -> 'columns' ->> 0)
+                              - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
+                         ELSE 1 END, 1) AS keys
+    FROM {queue_table}
+    WHERE vt > pg_catalog.statement_timestamp()
+      AND message #> '{{held,until}}' = to_jsonb(extract(epoch FROM vt))
+      AND message #> '{{held,target}}' IN (SELECT to_jsonb(t) FROM unnest(%(target_ids)s::integer[]) AS t)
+    ORDER BY msg_id
+    LIMIT %(max_keys)s
+    FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT msg_id FROM (
+        SELECT msg_id, sum(keys) OVER (ORDER BY msg_id) - keys AS before FROM held
+    ) h
+    WHERE before < %(max_keys)s
+)
+UPDATE {queue_table} q
+SET vt = clock_timestamp() + make_interval(secs => %(vt)s),
+    read_ct = q.read_ct + 1
+    {read_stamp}
+FROM chosen
+WHERE q.msg_id = chosen.msg_id
+RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
+
 -- name: held_job_counts
 -- How many jobs each of these targets has held (what defer_jobs marked and no one touched
 -- since, as release_held_jobs finds them): a worker that cannot serve a target records why

@@ -72,7 +72,7 @@ class Queue:
         self.lane = lane
         self.home = home or name
         self.table = queries.queue_table(name)
-        self._read_query: Any = None
+        self._read_queries: dict[str, Any] = {}
         # A backfill lane is read in turns between its targets: the target the last batch
         # ended with (read_jobs_by_target starts the next turn after it).
         self._after: int | None = None
@@ -80,30 +80,43 @@ class Queue:
     def _q(self, name: str) -> Any:
         return queries.compose(name, queue_table=self.table)
 
-    def read(self, conn: db.Connection, *, max_keys: int, vt: int) -> list[tuple[Any, ...]]:
+    def read(
+        self, conn: db.Connection, *, max_keys: int, vt: int, held_for: Sequence[int] = ()
+    ) -> list[tuple[Any, ...]]:
+        """Leases visible jobs; with `held_for`, the held jobs of those targets instead
+        (read_held_jobs: a worker that can serve them takes what others held)."""
         with db.translated():
-            if self.lane == LIVE:
+            if self.lane == LIVE and not held_for:
                 # The triggers' keys wait in the inbox until a reader moves them (sql/22_inbox.sql).
                 conn.execute(self._q("move_inbox"), {"queue": self.name})
-            if self._read_query is None:
-                self._read_query = self._compose_read(conn)
+            by_target = self.lane == BACKFILL and not held_for
+            name = (
+                "read_held_jobs"
+                if held_for
+                else "read_jobs_by_target"
+                if by_target
+                else "read_jobs"
+            )
+            if name not in self._read_queries:
+                self._read_queries[name] = self._compose_read(conn, name)
             cur = conn.cursor()
             set_json_loads(loads_message, cur)  # key numbers as their text (KeyNumber)
             params: dict[str, Any] = {"max_keys": max_keys, "vt": vt}
-            if self.lane == BACKFILL:
+            if held_for:
+                params["target_ids"] = sorted(set(held_for))
+            if by_target:
                 params["after"] = None if self._after is None else Jsonb(self._after)
-            rows = cur.execute(self._read_query, params).fetchall()
-        if self.lane == BACKFILL and rows:
+            rows = cur.execute(self._read_queries[name], params).fetchall()
+        if by_target and rows:
             self._after = turn_ended(rows, self._after)
         return rows
 
-    def _compose_read(self, conn: db.Connection) -> Any:
+    def _compose_read(self, conn: db.Connection, name: str) -> Any:
         # pgmq before 1.8 (what Supabase ships) has no last_read_at column.
         row = conn.execute(
             queries.get("queue_has_last_read_at"), {"queue_table": f"pgmq.q_{self.name}"}
         ).fetchone()
         stamp = sql.SQL(LAST_READ_STAMP if row and row[0] else "")
-        name = "read_jobs_by_target" if self.lane == BACKFILL else "read_jobs"
         return queries.compose(name, queue_table=self.table, read_stamp=stamp)
 
     def extend(

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from worker import db, metrics
@@ -81,6 +81,23 @@ class Lanes:
         self._live_was_small = (
             batch is not None and batch.lane == jobqueue.LIVE and len(batch.rows) < self._small
         )
+        return batch
+
+    def read_held(
+        self,
+        conn: db.Connection,
+        registry: TargetRegistry,
+        settings: Settings,
+        target_ids: Sequence[int],
+    ) -> Batch | None:
+        """Leases held jobs of `target_ids` (worker/process/held.py: jobs other workers could not
+        serve), the live lane's first, the backfill lane's while it has room; None when neither
+        has any."""
+        if not target_ids:
+            return None
+        batch = stages.read(conn, self.live.queue, registry, settings, held_for=target_ids)
+        if batch is None and self.backfill_room():
+            batch = stages.read(conn, self.backfill.queue, registry, settings, held_for=target_ids)
         return batch
 
     def read_live(

@@ -31,11 +31,16 @@ logger = logging.getLogger(__name__)
 
 # --- read ---------------------------------------------------------------------------------------
 def read(
-    conn: db.Connection, queue: jobqueue.Queue, registry: TargetRegistry, settings: Settings
+    conn: db.Connection,
+    queue: jobqueue.Queue,
+    registry: TargetRegistry,
+    settings: Settings,
+    held_for: Sequence[int] = (),
 ) -> Batch | None:
-    """Leases up to `batch_size` rows' worth of visible jobs; None when there are none."""
+    """Leases up to `batch_size` rows' worth of visible jobs (with `held_for`, of the jobs held
+    for those targets); None when there are none."""
     started = time.perf_counter()
-    raw = queue.read(conn, max_keys=settings.batch_size, vt=settings.vt_seconds)
+    raw = queue.read(conn, max_keys=settings.batch_size, vt=settings.vt_seconds, held_for=held_for)
     metrics.STAGE_SECONDS.labels("read").observe(time.perf_counter() - started)
     if not raw:
         return None

@@ -297,7 +297,8 @@ def _count(batch: Batch, settlement: Settlement) -> None:
     metrics.JOBS.labels("released").inc(len(settlement.release))
     targets = {job.target.id: job.target.name for job in batch.jobs if job.target is not None}
     for target_id, name in targets.items():
-        metrics.target_deferred(name, target_id in batch.deferred)
+        # (a model change's own rows held, the application's written: deferred all the same)
+        metrics.target_deferred(name, target_id in batch.deferred or target_id in batch.change_held)
     for row in batch.rows.values():
         if row.target.id not in batch.deferred:
             metrics.count_row(row.target.name, row.state.value)

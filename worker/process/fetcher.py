@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from worker import db, exceptions, metrics, sessions
@@ -47,6 +47,9 @@ class Fetcher:
     finished: threading.Event  # the pipeline ended: stop waiting for the embedder
     loaded: Handoffs  # to the embedder
     wake: Callable[[], None]  # wakes a fetcher waiting for work
+    # The targets whose held jobs it takes when a read finds nothing visible: those this worker
+    # can serve that other workers held (worker/process/held.py: HeldJobs.takeable).
+    takeable: Callable[[], Sequence[int]]
     # Backfills in key ranges, stepped when reads run short (worker/process/backfill.py), the
     # indexes deferred until a backfill's end, and model changes completed (a one-shot run
     # completes them when the queue drains; a running worker's keeper, through `changes`).
@@ -133,6 +136,10 @@ class Fetcher:
             # Asked after, a move committed in between passed for none, jobs left queued.
             held_elsewhere = self.once and idle and self.elsewhere.waiting(conn)
             batch = self.lanes.read(conn, self.registry, self.settings)
+            if batch is None:
+                # Room, and nothing visible: what other workers hold because they cannot serve
+                # it, this one takes now rather than after their hold (a mixed fleet).
+                batch = self.lanes.read_held(conn, self.registry, self.settings, self.takeable())
             drained = batch is None and idle
             if batch is None:
                 faults.reached("read_empty")

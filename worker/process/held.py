@@ -28,6 +28,13 @@ again and takes them, once for each such change, if it can serve the target now.
 mends nothing costs one batch that holds them again. (A mend between a batch's read and its
 write, which holds them, is older than the hold: seen at the next minute's.)
 
+Jobs another worker held are taken besides, whenever this worker has room (takeable(): the
+fetcher leases them when nothing visible is left to read, worker/pipeline/lanes.py read_held):
+in a fleet where only some workers can serve a target (a rolling deploy, a model change to a
+model only the new hosts have), the others read its jobs as fast as it does and hold them
+again as soon as they are released, so a release alone left them to the workers that cannot
+serve them, a minute at a time.
+
 The other way round, a worker that cannot serve a target records why for the target's held
 jobs when its reason is new or changes (note_reasons): jobs an earlier run held wait out their
 minute unread by this one, and `status` would give that run's reason (reasons are per target,
@@ -38,11 +45,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from psycopg.types.json import Jsonb
 
-from worker import db, queries
+from worker import db, metrics, queries
 from worker.models.remote import breaker as breakers
 from worker.pipeline import shadow
 from worker.target import Target
@@ -155,6 +163,18 @@ class HeldJobs:
             and target.id not in problems
         }
 
+    def takeable(self, held_here: Mapping[int, str]) -> list[int]:
+        """The targets whose held jobs this worker takes whenever it has room (the fetcher's
+        read_held, when nothing is visible): those it can serve now, but those its own last
+        batch held (`held_here`, the writer's held_for). Jobs that another worker held because
+        it cannot serve them (another model path, a provider it cannot reach) wait for no
+        minute while one that can is idle: released, they went back to the first worker that
+        read them, held again. Its own holds it leaves to their minute (or to the target
+        becoming servable, release()): held for a reason it could not see beforehand (another
+        producer's vectors in the column), taken again they would be held again, round after
+        round; and a hold another worker took from it and held again is not taken back."""
+        return sorted(set(self.servable()) - set(held_here))
+
     def reasons(self) -> dict[int, str]:
         """Why this worker cannot serve each target of its queue that it cannot serve now, by
         target id: its own reasons, whatever another worker recorded."""
@@ -200,6 +220,7 @@ class HeldJobs:
         if released:
             names = ", ".join(sorted(servable[t].name for t in became))
             logger.info("took %d held job(s) of %s: servable by this worker now", released, names)
+        self._gauge(reasons)
         self.note_reasons(conn, reasons)
         return released
 
@@ -229,6 +250,16 @@ class HeldJobs:
         mended = {t for t, rows in found.items() if self._mends.get(t) != rows}
         self._mends = found
         return mended
+
+    def _gauge(self, reasons: dict[int, str]) -> None:
+        """embed_worker_target_deferred of this worker: 1 while it cannot serve a target, not
+        only after a batch of its own deferred one (in a fleet, the batches of the target may
+        all be another worker's: this one's gauge said 0 while it held the target's jobs);
+        0 once it can again (until a batch says otherwise)."""
+        names = {t: target.name for t, target in self.registry.snapshot().items()}
+        for target_id in reasons.keys() | self._noted.keys():
+            if target_id in names:
+                metrics.target_deferred(names[target_id], target_id in reasons)
 
     def note_reasons(self, conn: db.Connection, reasons: dict[int, str]) -> None:
         """Records this worker's reason for the held jobs of each target it cannot serve, when

@@ -144,6 +144,7 @@ class Worker:
             finished=self.finished,
             loaded=self._loaded,
             wake=self._wake,
+            takeable=lambda: self.held.takeable(self.writer.held_for),
         )
         self.writer = Writer(
             dsn=self.dsn,
