@@ -1494,6 +1494,11 @@ SELECT c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind::pg_catalog.text,
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = embeddings_internal.relation_named(%(table)s::pg_catalog.text);
 
+-- name: plan_column_name
+-- `plan`: column name %(column)s as a statement writes it (quote_ident: in double quotes where
+-- SQL needs them, a keyword's too), for the statements plan prints for someone to run.
+SELECT pg_catalog.quote_ident(%(column)s::pg_catalog.text);
+
 -- name: plan_content_column
 -- `plan`: column %(column)s of table %(table)s, from the catalog: its type, and whether that
 -- type is of the string category watch() takes for a content column (sql/40_watch.sql).
