@@ -524,10 +524,15 @@ WHERE source.oid IS NOT NULL;
 -- instead: watch() refuses a partition of a watched table), for a view the watched tables
 -- its query reads (watch() takes tables only), and for the chunk or side table of a target
 -- the kind of store, the target and its table (to search instead: watch() refuses it too).
+-- Whose relation it is, when watch() refuses it for that (`ours`, `pgmq`, `catalog`), else NULL.
 -- None when there is no such relation.
 -- ours: touches only our tables and the catalog, runs no one else's code
 WITH rel AS (SELECT embeddings_internal.named_in_path(%(table)s, false, %(path)s)::oid AS oid)
 SELECT c.relkind::text AS kind,
+       (SELECT CASE WHEN n.nspname IN ('embeddings', 'embeddings_internal') THEN 'ours'
+                    WHEN n.nspname = 'pgmq' THEN 'pgmq'
+                    WHEN n.nspname IN ('pg_catalog', 'information_schema') THEN 'catalog' END
+        FROM pg_namespace n WHERE n.oid = c.relnamespace) AS owned_by,
        (SELECT jsonb_build_array(CASE t.store_kind WHEN 'chunks' THEN 'chunk' ELSE t.store_kind END,
                                  embeddings_internal.target_name(t), embeddings_internal.display_name(t.source))
         FROM embeddings.targets t WHERE t.store_table = c.oid AND t.source <> c.oid

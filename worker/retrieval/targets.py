@@ -126,6 +126,14 @@ _NOT_TABLES = {
 }
 
 
+# Tables watch() refuses for whose they are (unwatched_relation's owned_by), in words.
+_OWNED_BY = {
+    "ours": "is embed-worker's own table",
+    "pgmq": "is pgmq's own table (it holds embed-worker's queues)",
+    "catalog": "is a table of the system catalogs",
+}
+
+
 def unwatchable(conn: db.Connection, table: str, verb: str) -> str | None:
     """What to say of `table`, not watched, when watch() would refuse it too: a view or other
     relation that is no table (`verb` the watched tables it reads), a partition of a watched
@@ -137,7 +145,9 @@ def unwatchable(conn: db.Connection, table: str, verb: str) -> str | None:
         row = conn.execute(queries.get("unwatched_relation"), params).fetchone()
     if row is None:
         return None
-    kind, store_of, parent, read = row
+    kind, owned_by, store_of, parent, read = row
+    if owned_by is not None:  # as watch() refuses it (sql/40_watch.sql)
+        return f"{table} {_OWNED_BY[owned_by]}: it cannot be watched, and {verb} has nothing to read in it"
     if store_of is not None:
         return StoreOf(*store_of).instead(table, verb)
     if parent is not None:
