@@ -554,16 +554,23 @@ FROM rel JOIN pg_class c ON c.oid = rel.oid;
 -- %(table)s's but for case, as a default search path spells them (`"Documents"`,
 -- `docs."Notes"`): the hint of a command whose table is not found, where Postgres folded an
 -- unquoted name to lower case (`Documents` is `documents`) and tables made by Supabase's table
--- editor keep their capitals. %(table)s is a name (parse_ident raises for anything else).
+-- editor keep their capitals. %(table)s is a name (parse_ident raises for anything else),
+-- NFC-normalized by the caller; so are the names it is compared with, in a UTF8 database (an
+-- accented letter composed or decomposed: other bytes, so another name, to Postgres).
 -- ours: touches only our tables and the catalog, runs no one else's code
-WITH given AS (SELECT parse_ident(%(table)s) AS parts)
+WITH given AS (SELECT parse_ident(%(table)s) AS parts,
+                      pg_catalog.getdatabaseencoding() = 'UTF8' AS unicode)
 SELECT DISTINCT embeddings_internal.display_name(c.oid::regclass) AS name
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN given
 WHERE c.relkind IN ('r', 'p')
-  AND lower(c.relname) = lower(given.parts[cardinality(given.parts)])
-  AND (cardinality(given.parts) = 1 OR (cardinality(given.parts) = 2 AND lower(n.nspname) = lower(given.parts[1])))
+  AND lower(CASE WHEN given.unicode THEN pg_catalog.normalize(c.relname::text, 'NFC') ELSE c.relname::text END)
+      = lower(given.parts[cardinality(given.parts)])
+  AND (cardinality(given.parts) = 1
+       OR (cardinality(given.parts) = 2
+           AND lower(CASE WHEN given.unicode THEN pg_catalog.normalize(n.nspname::text, 'NFC') ELSE n.nspname::text END)
+               = lower(given.parts[1])))
   AND (NOT %(watched)s OR EXISTS (SELECT FROM embeddings.targets t WHERE t.source = c.oid))
   AND has_table_privilege(c.oid, 'SELECT')
 ORDER BY 1

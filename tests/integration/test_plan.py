@@ -322,3 +322,26 @@ def test_names_in_statements_to_paste_are_quoted_as_sql_reads_them(
     for number, name in enumerate(shown):
         found = conn.execute(sql.SQL("SELECT id FROM public.{}").format(sql.Identifier(name)))
         assert found.fetchall() == [(number,)]
+
+
+def test_a_table_named_in_another_unicode_form_is_suggested(dsn: str, conn: Conn) -> None:
+    """QA clinits 5: `café` typed decomposed (NFD: e + U+0301) names no table made with `é`
+    composed (NFC), since Postgres compares names by their bytes, and there was no hint: the
+    suggestion compares the names NFC-normalized (the lookup itself stays byte-exact)."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    conn.execute(f'CREATE TABLE "{nfc}" (id int PRIMARY KEY, body text)')
+    conn.execute(f'CREATE TABLE "Th{nfd}" (id int PRIMARY KEY, body text)')
+    why = (
+        "an accented letter typed decomposed (Unicode NFD) is another name than the same letter"
+        " composed (NFC): Postgres compares names by their bytes"
+    )
+    with db.connect(dsn) as c:
+        for given, meant in ((nfd, f'"{nfc}"'), (f"th{nfc}", f'"Th{nfd}"'), (f"Th{nfd}", f'"Th{nfd}"')):
+            with pytest.raises(exceptions.ConfigError) as info:
+                plan.make(c, given, content="body", model="all-MiniLM-L6-v2")
+            if given == f"Th{nfd}":  # the same bytes, but for case
+                why = "a name not in double quotes is read in lower case"
+            assert str(info.value) == f"no table {given}; did you mean {meant}? ({why})"
+        with pytest.raises(exceptions.ConfigError) as info:  # the lookup itself is byte-exact
+            plan.make(c, f'"{nfd}"', content="body", model="all-MiniLM-L6-v2")
+        assert "did you mean" in str(info.value)

@@ -4,6 +4,7 @@ each (the named query search_target), never the whole registry."""
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -179,6 +180,12 @@ def no_table(
     return f"no table {shown}{_alike_hint(conn, table, watched=watched)}"
 
 
+UNICODE_FORMS = (
+    "an accented letter typed decomposed (Unicode NFD) is another name than the same letter"
+    " composed (NFC): Postgres compares names by their bytes"
+)
+
+
 def _alike_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
     """For a table not found: the tables the caller may read (`watched`: of those watched)
     named `table` but for case, as the names to give instead (a table made with capitals is
@@ -207,19 +214,24 @@ def _quoting_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
 
 def _did_you_mean(conn: db.Connection, names: list[str], watched: bool, why: str) -> str:
     """ "; did you mean A or B? (why)" for the tables tables_alike finds for any of `names`,
-    "" when it finds none."""
+    compared NFC-normalized, "" when it finds none; where one found is in another Unicode form
+    than the name given (composed, decomposed), that is why."""
     alike: list[str] = []
     for name in names:
         try:
             with db.translated():
                 rows = conn.execute(
-                    queries.get("tables_alike"), {"table": name, "watched": watched}
+                    queries.get("tables_alike"),
+                    {"table": unicodedata.normalize("NFC", name), "watched": watched},
                 ).fetchall()
         except exceptions.DatabaseError:  # not a name parse_ident takes: no hint
             continue
         alike += [found for (found,) in rows if found not in alike]
     if not alike:
         return ""
+    composed = unicodedata.is_normalized("NFC", names[0])  # (each of `names` is one name's)
+    if any(unicodedata.is_normalized("NFC", found) != composed for found in alike):
+        why = UNICODE_FORMS
     return f"; did you mean {' or '.join(alike)}? ({why})"
 
 
