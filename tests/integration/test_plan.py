@@ -300,7 +300,9 @@ def test_names_in_statements_to_paste_are_quoted_as_sql_reads_them(
         'unknown: no statistics of "My Schema.x"."My""Table.é"."Body Text" you may read'
         ' (run ANALYZE "My Schema.x"."My""Table.é", or pass --tokens-per-row)'
     )
-    assert 'of public."user"."order" you may read (run ANALYZE public."user",' in keyword.tokens_from
+    assert (
+        'of public."user"."order" you may read (run ANALYZE public."user",' in keyword.tokens_from
+    )
     controls, backslashes = "line\nbreak\n\ttab", "line\\nbreak\\n\\ttab"
     for name in (controls, backslashes):
         conn.execute(f'CREATE TABLE "{name}" (id int PRIMARY KEY, body text)')
@@ -336,7 +338,11 @@ def test_a_table_named_in_another_unicode_form_is_suggested(dsn: str, conn: Conn
         " composed (NFC): Postgres compares names by their bytes"
     )
     with db.connect(dsn) as c:
-        for given, meant in ((nfd, f'"{nfc}"'), (f"th{nfc}", f'"Th{nfd}"'), (f"Th{nfd}", f'"Th{nfd}"')):
+        for given, meant in (
+            (nfd, f'"{nfc}"'),
+            (f"th{nfc}", f'"Th{nfd}"'),
+            (f"Th{nfd}", f'"Th{nfd}"'),
+        ):
             with pytest.raises(exceptions.ConfigError) as info:
                 plan.make(c, given, content="body", model="all-MiniLM-L6-v2")
             if given == f"Th{nfd}":  # the same bytes, but for case

@@ -590,7 +590,9 @@ def test_a_table_of_ours_or_the_catalogs_is_not_offered_a_watch(
         pytest.skip(f"no {table} in this release's schema")
     with pytest.raises(exceptions.TargetError) as info:
         find_target(conn, table)
-    assert str(info.value) == f"{answer}: it cannot be watched, and search has nothing to read in it"
+    assert (
+        str(info.value) == f"{answer}: it cannot be watched, and search has nothing to read in it"
+    )
     result = run_cli("search", table, "anything", env={"DATABASE_URL": dsn})
     assert result.returncode == 2 and answer in result.stderr, result.stderr
     assert "embeddings.watch(" not in result.stderr

@@ -55,7 +55,11 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def print_fields(fields: Sequence[tuple[str, str]]) -> None:
     """One line per field, its label padded: a record, which has no header row to print."""
     columns = max(width(label) for label, _ in fields)
-    print("\n".join(f"{_padded(label, columns)}  {visible(value)}".rstrip() for label, value in fields))
+    print(
+        "\n".join(
+            f"{_padded(label, columns)}  {visible(value)}".rstrip() for label, value in fields
+        )
+    )
 
 
 def age(seconds: float | None) -> str:

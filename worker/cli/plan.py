@@ -279,8 +279,8 @@ def _content_column(
     if found is not None:
         if not found[1]:
             raise exceptions.ConfigError(
-                f"content column {name}.{_column_name(conn, content)} has type {found[0]}, not text: watch() "
-                "takes a text column, or a content function that returns text"
+                f"content column {name}.{_column_name(conn, content)} has type {found[0]}, "
+                "not text: watch() takes a text column, or a content function that returns text"
             )
         return content
     try:
@@ -292,8 +292,8 @@ def _content_column(
         function = None
     if function is None or function[0] is None:
         raise exceptions.ConfigError(
-            f"{name} has no column {_column_name(conn, content)}, and there is no function {content}({row_type}) "
-            "(a content function)"
+            f"{name} has no column {_column_name(conn, content)}, and there is no function "
+            f"{content}({row_type}) (a content function)"
         )
     return None
 
@@ -351,8 +351,8 @@ def _tokens_per_row(
     ).fetchone()
     if stats is None or stats[0] is None:
         return None, (
-            f"unknown: no statistics of {name}.{_column_name(conn, column)} you may read (run ANALYZE {name}, "
-            "or pass --tokens-per-row)"
+            f"unknown: no statistics of {name}.{_column_name(conn, column)} you may read "
+            f"(run ANALYZE {name}, or pass --tokens-per-row)"
         )
     out_of_line = float(stats[1] or 0)
     per_row = (float(stats[0]) + out_of_line) / BYTES_PER_TOKEN

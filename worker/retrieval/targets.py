@@ -147,10 +147,9 @@ def unwatchable(conn: db.Connection, table: str, verb: str) -> str | None:
     if row is None:
         return None
     kind, owned_by, store_of, parent, read = row
-    if owned_by is not None:  # as watch() refuses it (sql/40_watch.sql)
-        return f"{table} {_OWNED_BY[owned_by]}: it cannot be watched, and {verb} has nothing to read in it"
-    if store_of is not None:
-        return StoreOf(*store_of).instead(table, verb)
+    whose = _whose(table, verb, owned_by, store_of)
+    if whose is not None:
+        return whose
     if parent is not None:
         return f"{table} is a partition of {parent}, which is watched: {verb} {parent}"
     if kind not in _NOT_TABLES:
@@ -160,6 +159,17 @@ def unwatchable(conn: db.Connection, table: str, verb: str) -> str | None:
         tables = "table it reads, " if len(read) == 1 else "tables it reads, "
         return f"{said}: {verb} the watched {tables}{' or '.join(read)}"
     return f"{said}: watch a table it reads, and {verb} that"
+
+
+def _whose(table: str, verb: str, owned_by: str | None, store_of: Any) -> str | None:
+    """What to say of a table watch() refuses for whose it is: ours, pgmq's, the catalogs' (as
+    sql/40_watch.sql refuses them), or a target's store."""
+    if owned_by is not None:
+        said = _OWNED_BY[owned_by]
+        return f"{table} {said}: it cannot be watched, and {verb} has nothing to read in it"
+    if store_of is not None:
+        return StoreOf(*store_of).instead(table, verb)
+    return None
 
 
 def no_table(
