@@ -151,10 +151,11 @@ def _check_encoding(conn: Connection, dsn: str) -> None:
     are: psycopg returns its text as bytes, and jsonb (the queue's messages) refuses non-ASCII
     escapes there. Said plainly at connect, rather than as a Python error from inside."""
     if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
-        raise exceptions.ConfigError(
+        raise exceptions.UnusableEncoding(
             f"{describe(dsn)} has the encoding SQL_ASCII (bytes, no characters): embed-worker"
-            " needs a database that knows its text's characters; make one with ENCODING 'UTF8'"
-            " and move the data into it (pg_dump, then pg_restore)"
+            " needs a database that knows its text's characters",
+            "make a database with ENCODING 'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE"
+            " template0) and move the data into it (pg_dump, then pg_restore)",
         )
 
 

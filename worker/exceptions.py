@@ -23,6 +23,15 @@ class ConfigError(EmbedWorkerError):
     """The configuration is invalid."""
 
 
+class UnusableEncoding(ConfigError):
+    """The database's encoding is SQL_ASCII (bytes, no characters), which embed-worker cannot
+    use: `problem` says so, `fix` what to do (doctor shows them apart)."""
+
+    def __init__(self, problem: str, fix: str) -> None:
+        super().__init__(f"{problem}; {fix}")
+        self.problem, self.fix = problem, fix
+
+
 class ModelError(EmbedWorkerError):
     """The embedding model could not be loaded or run."""
 

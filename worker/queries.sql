@@ -562,10 +562,15 @@ WHERE source.oid IS NOT NULL;
 -- instead: watch() refuses a partition of a watched table), for a view the watched tables
 -- its query reads (watch() takes tables only), and for the chunk or side table of a target
 -- the kind of store, the target and its table (to search instead: watch() refuses it too).
+-- Whose relation it is, when watch() refuses it for that (`ours`, `pgmq`, `catalog`), else NULL.
 -- None when there is no such relation.
 -- ours: touches only our tables and the catalog, runs no one else's code
 WITH rel AS (SELECT embeddings_internal.named_in_path(%(table)s, false, %(path)s)::oid AS oid)
 SELECT c.relkind::text AS kind,
+       (SELECT CASE WHEN n.nspname IN ('embeddings', 'embeddings_internal') THEN 'ours'
+                    WHEN n.nspname = 'pgmq' THEN 'pgmq'
+                    WHEN n.nspname IN ('pg_catalog', 'information_schema') THEN 'catalog' END
+        FROM pg_namespace n WHERE n.oid = c.relnamespace) AS owned_by,
        (SELECT jsonb_build_array(CASE t.store_kind WHEN 'chunks' THEN 'chunk' ELSE t.store_kind END,
                                  embeddings_internal.target_name(t), embeddings_internal.display_name(t.source))
         FROM embeddings.targets t WHERE t.store_table = c.oid AND t.source <> c.oid
@@ -587,16 +592,23 @@ FROM rel JOIN pg_class c ON c.oid = rel.oid;
 -- %(table)s's but for case, as a default search path spells them (`"Documents"`,
 -- `docs."Notes"`): the hint of a command whose table is not found, where Postgres folded an
 -- unquoted name to lower case (`Documents` is `documents`) and tables made by Supabase's table
--- editor keep their capitals. %(table)s is a name (parse_ident raises for anything else).
+-- editor keep their capitals. %(table)s is a name (parse_ident raises for anything else),
+-- NFC-normalized by the caller; so are the names it is compared with, in a UTF8 database (an
+-- accented letter composed or decomposed: other bytes, so another name, to Postgres).
 -- ours: touches only our tables and the catalog, runs no one else's code
-WITH given AS (SELECT parse_ident(%(table)s) AS parts)
+WITH given AS (SELECT parse_ident(%(table)s) AS parts,
+                      pg_catalog.getdatabaseencoding() = 'UTF8' AS unicode)
 SELECT DISTINCT embeddings_internal.display_name(c.oid::regclass) AS name
 FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN given
 WHERE c.relkind IN ('r', 'p')
-  AND lower(c.relname) = lower(given.parts[cardinality(given.parts)])
-  AND (cardinality(given.parts) = 1 OR (cardinality(given.parts) = 2 AND lower(n.nspname) = lower(given.parts[1])))
+  AND lower(CASE WHEN given.unicode THEN pg_catalog.normalize(c.relname::text, 'NFC') ELSE c.relname::text END)
+      = lower(given.parts[cardinality(given.parts)])
+  AND (cardinality(given.parts) = 1
+       OR (cardinality(given.parts) = 2
+           AND lower(CASE WHEN given.unicode THEN pg_catalog.normalize(n.nspname::text, 'NFC') ELSE n.nspname::text END)
+               = lower(given.parts[1])))
   AND (NOT %(watched)s OR EXISTS (SELECT FROM embeddings.targets t WHERE t.source = c.oid))
   AND has_table_privilege(c.oid, 'SELECT')
 ORDER BY 1
@@ -1531,6 +1543,11 @@ SELECT c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind::pg_catalog.text,
        pg_catalog.format('%%I.%%I', n.nspname, c.relname)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
 WHERE c.oid = embeddings_internal.relation_named(%(table)s::pg_catalog.text);
+
+-- name: plan_column_name
+-- `plan`: column name %(column)s as a statement writes it (quote_ident: in double quotes where
+-- SQL needs them, a keyword's too), for the statements plan prints for someone to run.
+SELECT pg_catalog.quote_ident(%(column)s::pg_catalog.text);
 
 -- name: plan_content_column
 -- `plan`: column %(column)s of table %(table)s, from the catalog: its type, and whether that

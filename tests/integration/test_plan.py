@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from tests.support.process import run_cli
 from worker import db, exceptions
@@ -280,3 +281,73 @@ def test_a_chunked_table_is_planned_by_its_chunks_and_files_are_not_guessed(
     with db.connect(dsn) as c:
         given = plan.make(c, "files", tokens_per_row=380)
     assert (given.chunks, given.tokens) == (10, 5 * (380 + 20))  # 2 a row, overlap 20 (200 / 10)
+
+
+def test_names_in_statements_to_paste_are_quoted_as_sql_reads_them(
+    dsn: str, conn: Conn, minilm: str
+) -> None:
+    """QA clinits 1: the column after a quoted table was printed as it is (`"a"."b".Body Text`),
+    and a name with a newline as `"line\\nbreak"`, which pasted names another table (one named
+    with a backslash then n): a column is quoted as SQL needs, and a name holding what a
+    terminal acts on is shown in U&"" escapes, the same name once pasted."""
+    conn.execute('CREATE SCHEMA "My Schema.x"')
+    conn.execute('CREATE TABLE "My Schema.x"."My""Table.é" (id int PRIMARY KEY, "Body Text" text)')
+    conn.execute('CREATE TABLE public."user" (id int PRIMARY KEY, "order" text)')
+    with db.connect(dsn) as c:
+        spaced = plan.make(c, '"My Schema.x"."My""Table.é"', content="Body Text", model=minilm)
+        keyword = plan.make(c, 'public."user"', content="order", model=minilm)
+    assert spaced.tokens_from == (
+        'unknown: no statistics of "My Schema.x"."My""Table.é"."Body Text" you may read'
+        ' (run ANALYZE "My Schema.x"."My""Table.é", or pass --tokens-per-row)'
+    )
+    assert (
+        'of public."user"."order" you may read (run ANALYZE public."user",' in keyword.tokens_from
+    )
+    controls, backslashes = "line\nbreak\n\ttab", "line\\nbreak\\n\\ttab"
+    for name in (controls, backslashes):
+        conn.execute(f'CREATE TABLE "{name}" (id int PRIMARY KEY, body text)')
+    env = {"DATABASE_URL": dsn}
+    shown = {}
+    for name in (controls, backslashes):
+        quoted = '"' + name + '"'
+        result = run_cli("plan", quoted, "--content", "body", "--model", minilm, env=env)
+        assert result.returncode == 0, result.stderr
+        (tokens,) = [line for line in result.stdout.splitlines() if line.startswith("tokens")]
+        shown[name] = tokens.split("(run ANALYZE ")[1].split(", or pass")[0]
+    assert shown == {
+        controls: 'public.U&"line\\000abreak\\000a\\0009tab"',
+        backslashes: 'public."line\\nbreak\\n\\ttab"',
+    }
+    for number, pasted in enumerate(shown.values()):  # each, pasted, is its own table
+        conn.execute(f"ANALYZE {pasted}")
+        conn.execute(f"INSERT INTO {pasted} VALUES ({number})")
+    for number, name in enumerate(shown):
+        found = conn.execute(sql.SQL("SELECT id FROM public.{}").format(sql.Identifier(name)))
+        assert found.fetchall() == [(number,)]
+
+
+def test_a_table_named_in_another_unicode_form_is_suggested(dsn: str, conn: Conn) -> None:
+    """QA clinits 5: `café` typed decomposed (NFD: e + U+0301) names no table made with `é`
+    composed (NFC), since Postgres compares names by their bytes, and there was no hint: the
+    suggestion compares the names NFC-normalized (the lookup itself stays byte-exact)."""
+    nfc, nfd = "caf\u00e9", "cafe\u0301"
+    conn.execute(f'CREATE TABLE "{nfc}" (id int PRIMARY KEY, body text)')
+    conn.execute(f'CREATE TABLE "Th{nfd}" (id int PRIMARY KEY, body text)')
+    why = (
+        "an accented letter typed decomposed (Unicode NFD) is another name than the same letter"
+        " composed (NFC): Postgres compares names by their bytes"
+    )
+    with db.connect(dsn) as c:
+        for given, meant in (
+            (nfd, f'"{nfc}"'),
+            (f"th{nfc}", f'"Th{nfd}"'),
+            (f"Th{nfd}", f'"Th{nfd}"'),
+        ):
+            with pytest.raises(exceptions.ConfigError) as info:
+                plan.make(c, given, content="body", model="all-MiniLM-L6-v2")
+            if given == f"Th{nfd}":  # the same bytes, but for case
+                why = "a name not in double quotes is read in lower case"
+            assert str(info.value) == f"no table {given}; did you mean {meant}? ({why})"
+        with pytest.raises(exceptions.ConfigError) as info:  # the lookup itself is byte-exact
+            plan.make(c, f'"{nfd}"', content="body", model="all-MiniLM-L6-v2")
+        assert "did you mean" in str(info.value)

@@ -16,7 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from worker import exceptions
+from tests.support.process import run_cli
+from worker import db, exceptions
+from worker.cli import plan
 from worker.pipeline import targets as targets_mod
 from worker.retrieval import errors, rankings
 from worker.retrieval.targets import find_target
@@ -568,3 +570,31 @@ def test_a_view_or_a_partition_not_watched_is_answered_with_what_to_search(conn:
         with pytest.raises(exceptions.TargetError) as info:
             find_target(conn, table)
         assert str(info.value) == answer
+
+
+@pytest.mark.parametrize(
+    ("table", "answer"),
+    [
+        ("embeddings.targets", "embeddings.targets is embed-worker's own table"),
+        ("embeddings.inbox", "embeddings.inbox is embed-worker's own table"),
+        ("pgmq.meta", "pgmq.meta is pgmq's own table (it holds embed-worker's queues)"),
+        ("pg_catalog.pg_class", "pg_catalog.pg_class is a table of the system catalogs"),
+    ],
+)
+def test_a_table_of_ours_or_the_catalogs_is_not_offered_a_watch(
+    dsn: str, conn: Conn, table: str, answer: str
+) -> None:
+    """QA clinits 4: `search embeddings.targets x` said to watch our own registry table, which
+    watch() refuses: our schemas' tables (pgmq's, the catalogs') are said to be what they are."""
+    if conn.execute("SELECT to_regclass(%s)", (table,)).fetchone() == (None,):
+        pytest.skip(f"no {table} in this release's schema")
+    with pytest.raises(exceptions.TargetError) as info:
+        find_target(conn, table)
+    assert (
+        str(info.value) == f"{answer}: it cannot be watched, and search has nothing to read in it"
+    )
+    result = run_cli("search", table, "anything", env={"DATABASE_URL": dsn})
+    assert result.returncode == 2 and answer in result.stderr, result.stderr
+    assert "embeddings.watch(" not in result.stderr
+    with db.connect(dsn) as c, pytest.raises(exceptions.ConfigError, match="it cannot be watched"):
+        plan.make(c, table, content="x", model=MODEL)

@@ -24,6 +24,8 @@ import pytest
 from tests.integration.conftest import register_tiny_models
 from tests.support.process import run_cli
 from worker import db, exceptions, schema
+from worker.cli import doctor
+from worker.config import Settings
 from worker.models.query_batch import QueryBatchers
 from worker.process.runner import Worker
 from worker.retrieval.pool import SearchConnections
@@ -136,6 +138,11 @@ def test_a_database_whose_encoding_is_sql_ascii_is_refused_plainly(conn: Conn, d
         done = run_cli("migrate", env={"DATABASE_URL": ascii_dsn}, timeout=120)
         assert done.returncode == 2, done.stderr
         assert "ENCODING 'UTF8'" in done.stderr and "Traceback" not in done.stderr
+        # QA clinits 6: doctor's fix line was the generic one for a server it cannot reach
+        (found,) = doctor.check(ascii_dsn, Settings(database_url=ascii_dsn))
+        assert found.level == "FAIL" and "SQL_ASCII" in found.detail
+        assert found.fix.startswith("make a database with ENCODING 'UTF8'"), found.fix
+        assert "accepts connections" not in found.fix
     finally:
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
 

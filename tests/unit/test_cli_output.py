@@ -3,6 +3,7 @@ acted on by the terminal (worker/cli/output.py)."""
 
 from __future__ import annotations
 
+import unicodedata
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,26 @@ def test_table_cells_are_shown_and_columns_line_up() -> None:
     assert all(line.isprintable() for line in lines)
     assert lines[2] == "docs\\x1b[2J\\u202eexe\\nfake line  1"
     assert lines[3].index("22") == lines[2].rindex("1") == lines[0].rindex("n")
+
+
+def _columns_at(line: str) -> list[int]:
+    """Where each cell after the first starts on the terminal: the display columns before it
+    (east_asian_width W and F take two, combining marks none: what wcwidth() says of them)."""
+    starts, at = [], 0
+    for i, c in enumerate(line):
+        if c != " " and i > 1 and line[i - 2 : i] == "  ":
+            starts.append(at)
+        wide = unicodedata.east_asian_width(c) in ("W", "F")
+        at += 0 if unicodedata.combining(c) else 2 if wide else 1
+    return starts
+
+
+def test_columns_line_up_on_the_terminal_with_wide_and_combining_characters() -> None:
+    names = ["文書テーブル", "docs_😀🎉", "cafe\u0301s", "plain"]
+    lines = output.table_lines(["target", "n", "m"], [[n, "1", "x"] for n in names])
+    assert len({tuple(_columns_at(line)) for line in lines[:1] + lines[2:]}) == 1, lines
+    # the rule under the header is as wide as the widest name is on the terminal: 12 columns
+    assert lines[1].split("  ")[0] == "-" * 12
 
 
 def test_records_and_reports_are_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:

@@ -145,3 +145,36 @@ def test_a_backfill_batch_ends_its_turn_with_the_last_target_in_the_turns_order(
     # Jobs without a target (the Supabase guide's shape) end a turn: the next starts over.
     assert jobs.turn_ended([(1, 1, None, None, {"id": 4, "table": "docs"})], 6) is None
     assert jobs.turn_ended(rows(True), 6) is None  # (not a target id)
+
+
+@pytest.mark.parametrize(
+    "named",
+    [
+        '"My Schema.x"."Content Fn ß"',  # the registered function, qualified and quoted
+        '"Content Fn ß"',  # quoted, unqualified
+        "My Schema.x.Content Fn ß",  # dotted as it is (as the guide's edge function names it)
+        "Content Fn ß",
+    ],
+)
+def test_supabase_shape_naming_the_registered_function_quoted_is_served(named: str) -> None:
+    t = target(content_column=None, content_function=("My Schema.x", "Content Fn ß"))
+    parsed = job(supabase_message("docs", named), {1: t})
+    assert parsed.error is None and parsed.target is t
+
+
+@pytest.mark.parametrize(
+    "named",
+    ['"my schema.x"."Content Fn ß"', '"My Schema.x"."content fn ß"', "public.embedding_input"],
+)
+def test_supabase_shape_naming_another_quoted_function_names_both_quoted(named: str) -> None:
+    t = target(content_column=None, content_function=("My Schema.x", "Content Fn ß"))
+    parsed = job(supabase_message("docs", named), {1: t})
+    assert parsed.target is None and parsed.error is not None
+    assert 'registered with content function "My Schema.x"."Content Fn ß", but' in parsed.error
+
+
+def test_supabase_shape_naming_an_unquoted_function_reads_it_as_sql_does() -> None:
+    t = target(content_column=None, content_function=("public", "embedding_input"))
+    for named in ("public.embedding_input", "PUBLIC.Embedding_Input", 'public."embedding_input"'):
+        assert job(supabase_message("docs", named), {1: t}).target is t, named
+    assert job(supabase_message("docs", '"Embedding_Input"'), {1: t}).target is None

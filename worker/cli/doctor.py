@@ -60,6 +60,8 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
         )
     except exceptions.AuthenticationFailed as exc:
         return [Finding("FAIL", "database", str(exc), "check the password, then run doctor again")]
+    except exceptions.UnusableEncoding as exc:
+        return [Finding("FAIL", "database", exc.problem, exc.fix)]
     except exceptions.EmbedWorkerError as exc:
         return [Finding("FAIL", "database", str(exc), _connect_fix(str(exc), dsn, settings))]
     with conn, db.translated():

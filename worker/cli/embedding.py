@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import io
 import json
 import re
 import sys
@@ -25,17 +26,47 @@ if TYPE_CHECKING:  # the models are imported when a command embeds: the others s
 
 
 def embed(args: argparse.Namespace, settings: Settings) -> int:
-    texts = list(args.texts)
-    if texts == ["-"]:
-        texts = [line.rstrip("\r\n") for line in sys.stdin]
-        if not texts:
-            raise exceptions.ConfigError("embed -: standard input held no lines")
+    texts = _stdin_lines() if list(args.texts) == ["-"] else _arguments(args.texts)
     name = args.model or _default_model(settings)
     models = _models(settings, _remote_models_if_registered(name, settings))
     vectors = models.get(name).embed(texts)
     json.dump([[round(float(x), 7) for x in row] for row in vectors], sys.stdout)
     sys.stdout.write("\n")
     return exits.OK
+
+
+def _arguments(texts: list[str]) -> list[str]:
+    """The TEXT arguments, or ConfigError naming the first that is not UTF-8: Python keeps an
+    argument's undecodable bytes as lone surrogates (surrogateescape), which no model takes."""
+    for number, text in enumerate(texts, 1):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raw = text.encode("utf-8", "surrogateescape")  # the argument's bytes, as given
+            at = len(text[: exc.start].encode("utf-8", "surrogateescape"))
+            raise exceptions.ConfigError(
+                f"embed: TEXT {number} is not UTF-8 (byte 0x{raw[at]:02x} at byte {at + 1})"
+            ) from None
+    return list(texts)
+
+
+def _stdin_lines() -> list[str]:
+    """`embed -`: standard input's lines (any newline), read as UTF-8 whatever the locale, or
+    ConfigError naming the first line that is not UTF-8."""
+    data = sys.stdin.buffer.read()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise exceptions.ConfigError(
+            f"embed -: line {line} of standard input is not UTF-8 "
+            f"(byte 0x{data[exc.start]:02x} at byte {exc.start - start + 1})"
+        ) from None
+    lines = [line.rstrip("\r\n") for line in io.StringIO(text, newline=None)]
+    if not lines:
+        raise exceptions.ConfigError("embed -: standard input held no lines")
+    return lines
 
 
 # How `embed` goes on without the database's schema: a catalog model or a directory's path

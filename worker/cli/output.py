@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,13 +20,31 @@ def print_json(value: Any) -> None:
     sys.stdout.write("\n")
 
 
+def width(text: str) -> int:
+    """The columns `text` takes on a terminal (as wcwidth() counts them): two for a wide
+    character (east_asian_width W or F: CJK, most emoji), none for a combining mark or another
+    zero-width one (a joiner, a variation selector), one for the rest. Names are tenants' and
+    may be in any script: counted in code points, a column after them did not line up."""
+    return sum(_char_width(c) for c in text)
+
+
+def _char_width(c: str) -> int:
+    if unicodedata.combining(c) or unicodedata.category(c) in ("Mn", "Me", "Cf"):
+        return 0
+    return 2 if unicodedata.east_asian_width(c) in ("W", "F") else 1
+
+
+def _padded(text: str, columns: int) -> str:
+    return text + " " * (columns - width(text))
+
+
 def table_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     cells = [[visible(str(c)) for c in row] for row in rows]
-    widths = [max(len(c) for c in col) for col in zip(header, *cells, strict=True)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    widths = [max(width(c) for c in col) for col in zip(header, *cells, strict=True)]
+    lines = ["  ".join(_padded(h, w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
     for row in cells:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+        lines.append("  ".join(_padded(c, w) for c, w in zip(row, widths, strict=True)).rstrip())
     return lines
 
 
@@ -35,8 +54,12 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 def print_fields(fields: Sequence[tuple[str, str]]) -> None:
     """One line per field, its label padded: a record, which has no header row to print."""
-    width = max(len(label) for label, _ in fields)
-    print("\n".join(f"{label.ljust(width)}  {visible(value)}".rstrip() for label, value in fields))
+    columns = max(width(label) for label, _ in fields)
+    print(
+        "\n".join(
+            f"{_padded(label, columns)}  {visible(value)}".rstrip() for label, value in fields
+        )
+    )
 
 
 def age(seconds: float | None) -> str:

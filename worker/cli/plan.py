@@ -166,9 +166,10 @@ def show(plan: Plan, *, as_json: bool) -> None:
         [
             ("table", plan.table),
             ("model", f"{plan.model} ({plan.provider})"),
-            ("rows to embed", _rows_line(plan)),
+            # (what they say may hold a statement to run: its names shown as they paste)
+            ("rows to embed", output.visible_sql(_rows_line(plan))),
             *([("chunks", _chunks_line(plan))] if plan.chunking else []),
-            ("tokens", _tokens_line(plan)),
+            ("tokens", output.visible_sql(_tokens_line(plan))),
             ("requests", f"~{plan.requests:,}" if plan.requests is not None else "-"),
             ("cost", _cost_line(plan)),
         ]
@@ -278,8 +279,8 @@ def _content_column(
     if found is not None:
         if not found[1]:
             raise exceptions.ConfigError(
-                f"content column {name}.{content} has type {found[0]}, not text: watch() "
-                "takes a text column, or a content function that returns text"
+                f"content column {name}.{_column_name(conn, content)} has type {found[0]}, "
+                "not text: watch() takes a text column, or a content function that returns text"
             )
         return content
     try:
@@ -291,8 +292,8 @@ def _content_column(
         function = None
     if function is None or function[0] is None:
         raise exceptions.ConfigError(
-            f"{name} has no column {content}, and there is no function {content}({row_type}) "
-            "(a content function)"
+            f"{name} has no column {_column_name(conn, content)}, and there is no function "
+            f"{content}({row_type}) (a content function)"
         )
     return None
 
@@ -334,6 +335,14 @@ def _chunks(rows: int, per_row: float, size: int, overlap: int) -> tuple[int, fl
     return rows * each, (per_row + (each - 1) * overlap) / each
 
 
+def _column_name(conn: db.Connection, column: str) -> str:
+    """`column` as a statement writes it (`"Body Text"`, `"order"`, `body`): after `name`, the
+    table's name as Postgres quotes it, what plan prints is a name someone may paste."""
+    row = conn.execute(queries.get("plan_column_name"), {"column": column}).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
 def _tokens_per_row(
     conn: db.Connection, table: str, name: str, column: str, max_tokens: int | None
 ) -> tuple[float | None, str]:
@@ -342,8 +351,8 @@ def _tokens_per_row(
     ).fetchone()
     if stats is None or stats[0] is None:
         return None, (
-            f"unknown: no statistics of {name}.{column} you may read (run ANALYZE {name}, "
-            "or pass --tokens-per-row)"
+            f"unknown: no statistics of {name}.{_column_name(conn, column)} you may read "
+            f"(run ANALYZE {name}, or pass --tokens-per-row)"
         )
     out_of_line = float(stats[1] or 0)
     per_row = (float(stats[0]) + out_of_line) / BYTES_PER_TOKEN

@@ -28,6 +28,9 @@ from worker.target import Target
 
 # A name that SQL reads as itself unquoted, in a regclass's text (no keyword is special there).
 _PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*")
+# One part of a dotted SQL name: quoted, or unquoted (ASCII letters folded to lower case).
+_NAME_PART = re.compile(r'"((?:[^"]|"")+)"|([A-Za-z_\x80-\U0010ffff][A-Za-z0-9_$\x80-\U0010ffff]*)')
+_FOLD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
 @dataclass
@@ -199,9 +202,9 @@ def _parse_supabase(job: Job, message: dict[str, Any], targets: Mapping[int, Tar
         return
     if function is not None and not _same_function(target, function):
         registered = (
-            ".".join(target.content_function)
+            f"function {qualified_name(*target.content_function)}"
             if target.content_function
-            else f"column {target.content_column}"
+            else f"column {qualified_name(target.content_column or '')}"
         )
         job.error = (
             f"{target.name} is registered with content {registered}, but the job names "
@@ -214,10 +217,36 @@ def _parse_supabase(job: Job, message: dict[str, Any], targets: Mapping[int, Tar
 
 
 def _same_function(target: Target, name: str) -> bool:
+    """Whether a message's contentFunction `name` is the target's: as the guide's Edge Function
+    names it (dotted parts as they are, `public.embedding_input`), or as SQL reads a name
+    (`"My Schema"."Content Fn"`, unquoted parts in lower case)."""
     if target.content_function is None:
         return False
     schema, proname = target.content_function
-    return name in (proname, f"{schema}.{proname}")
+    return name in (proname, f"{schema}.{proname}") or sql_name_parts(name) in (
+        (proname,),
+        (schema, proname),
+    )
+
+
+def sql_name_parts(name: str) -> tuple[str, ...] | None:
+    """The parts of a dotted SQL name as Postgres' parse_ident() reads them (`"A b".C` is
+    ("A b", "c"): a quoted part as it is, `""` a quote in it; an unquoted one with its ASCII
+    letters in lower case, as a UTF8 database folds it), or None for text that is no name."""
+    parts: list[str] = []
+    at = 0
+    while True:
+        found = _NAME_PART.match(name, at)
+        if found is None:
+            return None
+        quoted, plain = found.group(1), found.group(2)
+        parts.append(quoted.replace('""', '"') if quoted is not None else plain.translate(_FOLD))
+        at = found.end()
+        if at == len(name):
+            return tuple(parts)
+        if name[at] != ".":
+            return None
+        at += 1
 
 
 def _add_keys(job: Job, target: Target, keys: Iterable[Any]) -> None:

@@ -4,6 +4,7 @@ each (the named query search_target), never the whole registry."""
 from __future__ import annotations
 
 import threading
+import unicodedata
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -126,6 +127,14 @@ _NOT_TABLES = {
 }
 
 
+# Tables watch() refuses for whose they are (unwatched_relation's owned_by), in words.
+_OWNED_BY = {
+    "ours": "is embed-worker's own table",
+    "pgmq": "is pgmq's own table (it holds embed-worker's queues)",
+    "catalog": "is a table of the system catalogs",
+}
+
+
 def unwatchable(conn: db.Connection, table: str, verb: str) -> str | None:
     """What to say of `table`, not watched, when watch() would refuse it too: a view or other
     relation that is no table (`verb` the watched tables it reads), a partition of a watched
@@ -137,9 +146,10 @@ def unwatchable(conn: db.Connection, table: str, verb: str) -> str | None:
         row = conn.execute(queries.get("unwatched_relation"), params).fetchone()
     if row is None:
         return None
-    kind, store_of, parent, read = row
-    if store_of is not None:
-        return StoreOf(*store_of).instead(table, verb)
+    kind, owned_by, store_of, parent, read = row
+    whose = _whose(table, verb, owned_by, store_of)
+    if whose is not None:
+        return whose
     if parent is not None:
         return f"{table} is a partition of {parent}, which is watched: {verb} {parent}"
     if kind not in _NOT_TABLES:
@@ -149,6 +159,17 @@ def unwatchable(conn: db.Connection, table: str, verb: str) -> str | None:
         tables = "table it reads, " if len(read) == 1 else "tables it reads, "
         return f"{said}: {verb} the watched {tables}{' or '.join(read)}"
     return f"{said}: watch a table it reads, and {verb} that"
+
+
+def _whose(table: str, verb: str, owned_by: str | None, store_of: Any) -> str | None:
+    """What to say of a table watch() refuses for whose it is: ours, pgmq's, the catalogs' (as
+    sql/40_watch.sql refuses them), or a target's store."""
+    if owned_by is not None:
+        said = _OWNED_BY[owned_by]
+        return f"{table} {said}: it cannot be watched, and {verb} has nothing to read in it"
+    if store_of is not None:
+        return StoreOf(*store_of).instead(table, verb)
+    return None
 
 
 def no_table(
@@ -167,6 +188,12 @@ def no_table(
         hint = _quoting_hint(conn, table, watched=watched)
         return f"no table {shown}: {error.diag.message_primary}{hint}"
     return f"no table {shown}{_alike_hint(conn, table, watched=watched)}"
+
+
+UNICODE_FORMS = (
+    "an accented letter typed decomposed (Unicode NFD) is another name than the same letter"
+    " composed (NFC): Postgres compares names by their bytes"
+)
 
 
 def _alike_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
@@ -197,19 +224,24 @@ def _quoting_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
 
 def _did_you_mean(conn: db.Connection, names: list[str], watched: bool, why: str) -> str:
     """ "; did you mean A or B? (why)" for the tables tables_alike finds for any of `names`,
-    "" when it finds none."""
+    compared NFC-normalized, "" when it finds none; where one found is in another Unicode form
+    than the name given (composed, decomposed), that is why."""
     alike: list[str] = []
     for name in names:
         try:
             with db.translated():
                 rows = conn.execute(
-                    queries.get("tables_alike"), {"table": name, "watched": watched}
+                    queries.get("tables_alike"),
+                    {"table": unicodedata.normalize("NFC", name), "watched": watched},
                 ).fetchall()
         except exceptions.DatabaseError:  # not a name parse_ident takes: no hint
             continue
         alike += [found for (found,) in rows if found not in alike]
     if not alike:
         return ""
+    composed = unicodedata.is_normalized("NFC", names[0])  # (each of `names` is one name's)
+    if any(unicodedata.is_normalized("NFC", found) != composed for found in alike):
+        why = UNICODE_FORMS
     return f"; did you mean {' or '.join(alike)}? ({why})"
 
 
