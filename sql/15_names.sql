@@ -60,3 +60,28 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
     WHERE c.oid OPERATOR(pg_catalog.=) rel
 $$;
+
+-- The name `base || suffix`, for a name we generate (a shadow column, a kept column or index, a
+-- deferred index, a full-text column): whole when it fits max_identifier_length bytes (63,
+-- fixed when the server was built: IMMUTABLE); else `base` cut at a character boundary, with
+-- '_' and 8 hex digits of md5(base) before the suffix. Cut by bytes, not characters: a
+-- multibyte name cut by characters was then cut again by Postgres, suffix and all, into the
+-- very name it was made from (a column's shadow named like the column). The hash keeps apart
+-- two long names that share their first bytes, and keeps a cut name from ever being `base`.
+CREATE FUNCTION embeddings_internal.suffixed_name(base text, suffix text) RETURNS name
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    room integer := current_setting('max_identifier_length')::integer - octet_length(suffix);
+    kept text;
+BEGIN
+    IF octet_length(base) <= room THEN
+        RETURN (base || suffix)::name;
+    END IF;
+    room := room - 9;  -- '_' and the hash
+    kept := left(base, room);  -- at most `room` characters: at least that many bytes
+    WHILE octet_length(kept) > room LOOP
+        kept := left(kept, -1);
+    END LOOP;
+    RETURN (kept || '_' || left(md5(base), 8) || suffix)::name;
+END
+$$;

@@ -636,18 +636,31 @@ BEGIN
 END
 $$;
 
--- Triggers named as a target's (embeddings_<id>_<kind>) on a table that is not that target's,
--- nor a partition of it, with the target they name (which may not exist): a table dumped alone
--- (`pg_dump -t`) and restored into another database brings its triggers, which call that
--- database's functions of the same target id (own_table_check_sql() keeps them from acting).
--- watch() drops those on its table; doctor lists them all (worker/queries.sql: stray_objects).
+-- Whether trigger function `fn` is one of ours: a target's (embeddings.embeddings_<id>_<kind>,
+-- which only this schema's owner may create). A trigger is ours by its function, not by its
+-- name: a user's trigger may be named like one of ours (embeddings_19_insert calling
+-- public.my_audit()), and ours are dropped, replaced or reported only when they are ours.
+CREATE FUNCTION embeddings_internal.our_trigger_function(fn oid) RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT FROM pg_proc p
+                   WHERE p.oid = fn AND p.pronamespace = 'embeddings'::regnamespace
+                     AND p.proname ~ '^embeddings_[0-9]{1,9}_[a-z_]+$')
+$$;
+
+-- Triggers named as a target's (embeddings_<id>_<kind>) and calling one of our functions, on a
+-- table that is not that target's, nor a partition of it, with the target they name (which
+-- may not exist): a table dumped alone (`pg_dump -t`) and restored into another database
+-- brings its triggers, which call that database's functions of the same target id
+-- (own_table_check_sql() keeps them from acting). watch() drops those on its table; doctor
+-- lists them all (worker/queries.sql: stray_objects). A user's trigger of that name is not one.
 CREATE FUNCTION embeddings_internal.stray_triggers() RETURNS TABLE (name name, rel regclass, target_id integer)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT g.tgname, g.tgrelid::regclass, g.target_id
     FROM (SELECT t.tgname, t.tgrelid, substring(t.tgname FROM '^embeddings_([0-9]+)_')::integer AS target_id
           FROM pg_trigger t
           WHERE t.tgparentid = 0  -- clones go with their parent trigger
-            AND t.tgname ~ '^embeddings_[0-9]{1,9}_(insert|update|clear|replica|delete|truncate)$') g
+            AND t.tgname ~ '^embeddings_[0-9]{1,9}_(insert|update|clear|replica|delete|truncate)$'
+            AND embeddings_internal.our_trigger_function(t.tgfoid)) g
     WHERE NOT EXISTS (SELECT FROM embeddings.targets o
                       WHERE o.id = g.target_id AND g.tgrelid IN (SELECT * FROM embeddings_internal.covered_tables(o)))
 $$;
@@ -668,6 +681,7 @@ DECLARE
     made record;
     row_trigger text;
     stray record;
+    theirs record;
 BEGIN
     -- Other targets' triggers (or none's) on its tables: strays a restore brought.
     FOR stray IN
@@ -705,6 +719,16 @@ BEGIN
     PERFORM embeddings_internal.drop_triggers(t, only_uncovered => true);
     FOR rel IN SELECT * FROM embeddings_internal.covered_tables(t) LOOP
         FOR made IN SELECT * FROM embeddings_internal.trigger_ddl(t, rel) LOOP
+            -- A user's trigger under the name ours needs: refused, not taken for ours (the
+            -- table's writes would go unqueued) nor replaced.
+            SELECT g.tgfoid::regproc AS fn INTO theirs FROM pg_trigger g
+            WHERE g.tgrelid = rel AND g.tgname = made.name AND NOT embeddings_internal.our_trigger_function(g.tgfoid);
+            IF FOUND THEN
+                RAISE EXCEPTION 'trigger % on % is not embed-worker''s (it calls %()): embed-worker needs that name for its trigger of target %',
+                        quote_ident(made.name), rel, theirs.fn, t.id
+                    USING ERRCODE = 'duplicate_object',
+                          HINT = format('Rename it (ALTER TRIGGER %I ON %s RENAME TO ...), then watch() again.', made.name, rel);
+            END IF;
             IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = made.name) THEN
                 EXECUTE made.statement;
                 IF rel <> t.source AND made.name = prefix || '_insert' THEN
@@ -718,7 +742,8 @@ BEGIN
     END LOOP;
     -- Row triggers the registration no longer asks for.
     FOREACH row_trigger IN ARRAY ARRAY[prefix || '_clear', prefix || '_replica'] LOOP
-        IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = row_trigger)
+        IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = row_trigger
+                                                AND embeddings_internal.our_trigger_function(tgfoid))
            AND NOT EXISTS (SELECT FROM embeddings_internal.trigger_ddl(t, t.source) d WHERE d.name = row_trigger) THEN
             EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', row_trigger, 'rel', t.source::text));
         END IF;
@@ -729,7 +754,8 @@ $$;
 
 -- Drops target t's triggers (all, or only those on tables it no longer covers: detached
 -- partitions) and, when all go, its trigger functions (and the _enqueue function older
--- releases made).
+-- releases made). Only triggers of its names that call our functions: a user's trigger of
+-- such a name, on any table, is not ours to drop.
 CREATE FUNCTION embeddings_internal.drop_triggers(t embeddings.targets, only_uncovered boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -742,6 +768,7 @@ BEGIN
         WHERE g.tgname IN (prefix || '_insert', prefix || '_update', prefix || '_clear', prefix || '_replica',
                            prefix || '_delete', prefix || '_truncate')
           AND g.tgparentid = 0  -- clones go with their parent trigger
+          AND embeddings_internal.our_trigger_function(g.tgfoid)
           AND NOT (only_uncovered AND g.tgrelid IN (SELECT * FROM embeddings_internal.covered_tables(t)))
     LOOP
         EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', tg.tgname, 'rel', tg.rel::text));
