@@ -28,7 +28,25 @@ CREATE FUNCTION embeddings_internal.named_in_path(name text, is_function boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found oid;
+    too_long text;
 BEGIN
+    -- A relation's name part past max_identifier_length bytes is refused, not cut to another
+    -- table's name as Postgres cuts it (a regclass argument's text is cut before any function
+    -- sees it; this text we see). Only a name that long is parsed (a search names its table
+    -- each time), and one parse_ident() cannot read is left to to_regclass()'s own error.
+    IF NOT is_function AND octet_length(name) > current_setting('max_identifier_length')::integer THEN
+        BEGIN
+            SELECT p INTO too_long FROM unnest(pg_catalog.parse_ident(name)) AS p
+            WHERE octet_length(p) > current_setting('max_identifier_length')::integer LIMIT 1;
+        EXCEPTION WHEN invalid_parameter_value THEN
+            too_long := NULL;
+        END;
+        IF too_long IS NOT NULL THEN
+            RAISE EXCEPTION 'the name % is % bytes, over Postgres'' % (max_identifier_length): it would be cut to another',
+                    quote_ident(too_long), octet_length(too_long), current_setting('max_identifier_length')
+                USING ERRCODE = 'name_too_long';
+        END IF;
+    END IF;
     PERFORM pg_catalog.set_config('search_path', coalesce(path, embeddings_internal.session_start_path()), true);
     found := CASE WHEN is_function THEN pg_catalog.to_regprocedure(name)::pg_catalog.oid
                   ELSE pg_catalog.to_regclass(name)::pg_catalog.oid END;

@@ -10,6 +10,8 @@ import psycopg
 import pytest
 
 from tests.support.fetch import fetch_value
+from worker import exceptions
+from worker.retrieval.targets import find_target, table_targets
 
 Conn = psycopg.Connection[Any]
 
@@ -89,3 +91,19 @@ def test_a_queue_named_like_a_backfill_lane_is_refused_up_front(conn: Conn, queu
         conn.execute("SELECT embeddings.watch('docs', 'body', queue => %s)", (queue,))
     assert f'invalid queue name "{queue}": a name ending in _backfill' in str(caught.value)
     assert caught.value.diag.context is None or caught.value.diag.context.count("\n") < 3
+
+
+def test_a_table_name_past_63_bytes_is_refused_where_we_read_it(conn: Conn) -> None:
+    """`search`, `status`, `failures` and POST /search named the table of 63 b's when given 70:
+    Postgres cuts a name part past 63 bytes when it reads it as a table's. We read their text
+    first (a regclass argument, watch()'s `source`, Postgres reads before we see it)."""
+    table(conn, "b" * 63)
+    conn.execute("SELECT embeddings.watch(%s, 'body')", ("b" * 63,))
+    for given in ("b" * 70, "public." + "b" * 70, f'"{"é" * 32}"'):
+        with pytest.raises(exceptions.TargetError) as found:
+            find_target(conn, given)
+        assert "bytes, over Postgres' 63 (max_identifier_length)" in str(found.value)
+        with pytest.raises(exceptions.ConfigError) as listed:
+            table_targets(conn, given)
+        assert "bytes, over Postgres' 63" in str(listed.value)
+    assert find_target(conn, "b" * 63).qualified_name == "public." + "b" * 63 + ".embedding"
