@@ -34,16 +34,16 @@ BEGIN
     -- table's name as Postgres cuts it (a regclass argument's text is cut before any function
     -- sees it; this text we see). Only a name that long is parsed (a search names its table
     -- each time), and one parse_ident() cannot read is left to to_regclass()'s own error.
-    IF NOT is_function AND octet_length(name) > current_setting('max_identifier_length')::integer THEN
+    IF NOT is_function AND pg_catalog.octet_length(name) > current_setting('max_identifier_length')::integer THEN
         BEGIN
             SELECT p INTO too_long FROM unnest(pg_catalog.parse_ident(name)) AS p
-            WHERE octet_length(p) > current_setting('max_identifier_length')::integer LIMIT 1;
+            WHERE pg_catalog.octet_length(p) > current_setting('max_identifier_length')::integer LIMIT 1;
         EXCEPTION WHEN invalid_parameter_value THEN
             too_long := NULL;
         END;
         IF too_long IS NOT NULL THEN
             RAISE EXCEPTION 'the name % is % bytes, over Postgres'' % (max_identifier_length): it would be cut to another',
-                    quote_ident(too_long), octet_length(too_long), current_setting('max_identifier_length')
+                    quote_ident(too_long), pg_catalog.octet_length(too_long), current_setting('max_identifier_length')
                 USING ERRCODE = 'name_too_long';
         END IF;
     END IF;
@@ -89,15 +89,15 @@ $$;
 CREATE FUNCTION embeddings_internal.suffixed_name(base text, suffix text) RETURNS name
 LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    room integer := current_setting('max_identifier_length')::integer - octet_length(suffix);
+    room integer := current_setting('max_identifier_length')::integer - pg_catalog.octet_length(suffix);
     kept text;
 BEGIN
-    IF octet_length(base) <= room THEN
+    IF pg_catalog.octet_length(base) <= room THEN
         RETURN (base || suffix)::name;
     END IF;
     room := room - 9;  -- '_' and the hash
     kept := left(base, room);  -- at most `room` characters: at least that many bytes
-    WHILE octet_length(kept) > room LOOP
+    WHILE pg_catalog.octet_length(kept) > room LOOP
         kept := left(kept, -1);
     END LOOP;
     RETURN (kept || '_' || left(md5(base), 8) || suffix)::name;

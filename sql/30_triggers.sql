@@ -636,17 +636,14 @@ BEGIN
 END
 $$;
 
--- Whether trigger function `fn` is one of ours: a target's (embeddings.embeddings_<id>_<kind>,
--- which only this schema's owner may create). A trigger is ours by its function, not by its
--- name: a user's trigger may be named like one of ours (embeddings_19_insert calling
--- public.my_audit()), and ours are dropped, replaced or reported only when they are ours.
-CREATE FUNCTION embeddings_internal.our_trigger_function(fn oid) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT EXISTS (SELECT FROM pg_proc p
-                   WHERE p.oid = fn AND p.pronamespace = 'embeddings'::regnamespace
-                     AND p.proname ~ '^embeddings_[0-9]{1,9}_[a-z_]+$')
-$$;
-
+-- A trigger is ours by its function, not by its name: this schema's function of the trigger's
+-- name, embeddings_<id>_<kind> (which only its owner may create). A user's trigger may be named like one of ours
+-- (embeddings_19_insert calling public.my_audit()); ours are dropped, replaced or reported only
+-- when they are ours. (Tested inline, in each query, by the function's oid and name: a SQL
+-- function of it, planned at each call, or a pattern on the function's name, which the
+-- planner took for a range of pg_proc to scan for each trigger, made watch() and unwatch()
+-- 1.4x as slow beside 20 watched tables.)
+--
 -- Triggers named as a target's (embeddings_<id>_<kind>) and calling one of our functions, on a
 -- table that is not that target's, nor a partition of it, with the target they name (which
 -- may not exist): a table dumped alone (`pg_dump -t`) and restored into another database
@@ -660,7 +657,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           FROM pg_trigger t
           WHERE t.tgparentid = 0  -- clones go with their parent trigger
             AND t.tgname ~ '^embeddings_[0-9]{1,9}_(insert|update|clear|replica|delete|truncate)$'
-            AND embeddings_internal.our_trigger_function(t.tgfoid)) g
+            AND EXISTS (SELECT FROM pg_proc p WHERE p.oid = t.tgfoid AND p.pronamespace = 'embeddings'::regnamespace
+                          AND p.proname = t.tgname)) g
     WHERE NOT EXISTS (SELECT FROM embeddings.targets o
                       WHERE o.id = g.target_id AND g.tgrelid IN (SELECT * FROM embeddings_internal.covered_tables(o)))
 $$;
@@ -722,7 +720,9 @@ BEGIN
             -- A user's trigger under the name ours needs: refused, not taken for ours (the
             -- table's writes would go unqueued) nor replaced.
             SELECT g.tgfoid::regproc AS fn INTO theirs FROM pg_trigger g
-            WHERE g.tgrelid = rel AND g.tgname = made.name AND NOT embeddings_internal.our_trigger_function(g.tgfoid);
+            WHERE g.tgrelid = rel AND g.tgname = made.name
+              AND NOT EXISTS (SELECT FROM pg_proc p WHERE p.oid = g.tgfoid AND p.pronamespace = 'embeddings'::regnamespace
+                                AND p.proname = g.tgname);
             IF FOUND THEN
                 RAISE EXCEPTION 'trigger % on % is not embed-worker''s (it calls %()): embed-worker needs that name for its trigger of target %',
                         quote_ident(made.name), rel, theirs.fn, t.id
@@ -742,8 +742,9 @@ BEGIN
     END LOOP;
     -- Row triggers the registration no longer asks for.
     FOREACH row_trigger IN ARRAY ARRAY[prefix || '_clear', prefix || '_replica'] LOOP
-        IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = row_trigger
-                                                AND embeddings_internal.our_trigger_function(tgfoid))
+        IF EXISTS (SELECT FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid
+                   WHERE g.tgrelid = t.source AND g.tgname = row_trigger AND p.pronamespace = 'embeddings'::regnamespace
+                     AND p.proname = g.tgname)
            AND NOT EXISTS (SELECT FROM embeddings_internal.trigger_ddl(t, t.source) d WHERE d.name = row_trigger) THEN
             EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', row_trigger, 'rel', t.source::text));
         END IF;
@@ -768,7 +769,8 @@ BEGIN
         WHERE g.tgname IN (prefix || '_insert', prefix || '_update', prefix || '_clear', prefix || '_replica',
                            prefix || '_delete', prefix || '_truncate')
           AND g.tgparentid = 0  -- clones go with their parent trigger
-          AND embeddings_internal.our_trigger_function(g.tgfoid)
+          AND EXISTS (SELECT FROM pg_proc p WHERE p.oid = g.tgfoid AND p.pronamespace = 'embeddings'::regnamespace
+                        AND p.proname = g.tgname)
           AND NOT (only_uncovered AND g.tgrelid IN (SELECT * FROM embeddings_internal.covered_tables(t)))
     LOOP
         EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', tg.tgname, 'rel', tg.rel::text));

@@ -1,5 +1,5 @@
 """A user's objects named like ours: triggers named embeddings_<id>_<kind> that call the user's
-own functions (ours are ours by their function, sql/30_triggers.sql: our_trigger_function()),
+own functions (ours are ours by their function, sql/30_triggers.sql: stray_triggers()),
 and queues named like a backfill lane (sql/40_watch.sql)."""
 
 from __future__ import annotations
