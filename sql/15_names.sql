@@ -28,7 +28,25 @@ CREATE FUNCTION embeddings_internal.named_in_path(name text, is_function boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found oid;
+    too_long text;
 BEGIN
+    -- A relation's name part past max_identifier_length bytes is refused, not cut to another
+    -- table's name as Postgres cuts it (a regclass argument's text is cut before any function
+    -- sees it; this text we see). Only a name that long is parsed (a search names its table
+    -- each time), and one parse_ident() cannot read is left to to_regclass()'s own error.
+    IF NOT is_function AND pg_catalog.octet_length(name) > current_setting('max_identifier_length')::integer THEN
+        BEGIN
+            SELECT p INTO too_long FROM unnest(pg_catalog.parse_ident(name)) AS p
+            WHERE pg_catalog.octet_length(p) > current_setting('max_identifier_length')::integer LIMIT 1;
+        EXCEPTION WHEN invalid_parameter_value THEN
+            too_long := NULL;
+        END;
+        IF too_long IS NOT NULL THEN
+            RAISE EXCEPTION 'the name % is % bytes, over Postgres'' % (max_identifier_length): it would be cut to another',
+                    quote_ident(too_long), pg_catalog.octet_length(too_long), current_setting('max_identifier_length')
+                USING ERRCODE = 'name_too_long';
+        END IF;
+    END IF;
     PERFORM pg_catalog.set_config('search_path', coalesce(path, embeddings_internal.session_start_path()), true);
     found := CASE WHEN is_function THEN pg_catalog.to_regprocedure(name)::pg_catalog.oid
                   ELSE pg_catalog.to_regclass(name)::pg_catalog.oid END;
@@ -59,4 +77,29 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END
     FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
     WHERE c.oid OPERATOR(pg_catalog.=) rel
+$$;
+
+-- The name `base || suffix`, for a name we generate (a shadow column, a kept column or index, a
+-- deferred index, a full-text column): whole when it fits max_identifier_length bytes (63,
+-- fixed when the server was built: IMMUTABLE); else `base` cut at a character boundary, with
+-- '_' and 8 hex digits of md5(base) before the suffix. Cut by bytes, not characters: a
+-- multibyte name cut by characters was then cut again by Postgres, suffix and all, into the
+-- very name it was made from (a column's shadow named like the column). The hash keeps apart
+-- two long names that share their first bytes, and keeps a cut name from ever being `base`.
+CREATE FUNCTION embeddings_internal.suffixed_name(base text, suffix text) RETURNS name
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    room integer := current_setting('max_identifier_length')::integer - pg_catalog.octet_length(suffix);
+    kept text;
+BEGIN
+    IF pg_catalog.octet_length(base) <= room THEN
+        RETURN (base || suffix)::name;
+    END IF;
+    room := room - 9;  -- '_' and the hash
+    kept := left(base, room);  -- at most `room` characters: at least that many bytes
+    WHILE pg_catalog.octet_length(kept) > room LOOP
+        kept := left(kept, -1);
+    END LOOP;
+    RETURN (kept || '_' || left(md5(base), 8) || suffix)::name;
+END
 $$;

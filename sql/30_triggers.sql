@@ -672,11 +672,20 @@ BEGIN
 END
 $$;
 
--- Triggers named as a target's (embeddings_<id>_<kind>) on a table that is not that target's,
--- nor a partition of it, with the target they name (which may not exist): a table dumped alone
--- (`pg_dump -t`) and restored into another database brings its triggers, which call that
--- database's functions of the same target id (own_table_check_sql() keeps them from acting).
--- watch() drops those on its table; doctor lists them all (worker/queries.sql: stray_objects).
+-- A trigger is ours by its function, not by its name: this schema's function of the trigger's
+-- name, embeddings_<id>_<kind> (which only its owner may create). A user's trigger may be named like one of ours
+-- (embeddings_19_insert calling public.my_audit()); ours are dropped, replaced or reported only
+-- when they are ours. (Tested inline, in each query, by the function's oid and name: a SQL
+-- function of it, planned at each call, or a pattern on the function's name, which the
+-- planner took for a range of pg_proc to scan for each trigger, made watch() and unwatch()
+-- 1.4x as slow beside 20 watched tables.)
+--
+-- Triggers named as a target's (embeddings_<id>_<kind>) and calling one of our functions, on a
+-- table that is not that target's, nor a partition of it, with the target they name (which
+-- may not exist): a table dumped alone (`pg_dump -t`) and restored into another database
+-- brings its triggers, which call that database's functions of the same target id
+-- (own_table_check_sql() keeps them from acting). watch() drops those on its table; doctor
+-- lists them all (worker/queries.sql: stray_objects). A user's trigger of that name is not one.
 -- `on_tables`: those on these tables only (NULL: on any).
 CREATE FUNCTION embeddings_internal.stray_triggers(on_tables regclass[] DEFAULT NULL) RETURNS TABLE (name name, rel regclass, target_id integer)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -685,7 +694,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           FROM pg_trigger t
           WHERE t.tgparentid = 0  -- clones go with their parent trigger
             AND (on_tables IS NULL OR t.tgrelid = ANY (on_tables::oid[]))
-            AND t.tgname ~ '^embeddings_[0-9]{1,9}_(insert|update|clear|replica|delete|truncate)$') g
+            AND t.tgname ~ '^embeddings_[0-9]{1,9}_(insert|update|clear|replica|delete|truncate)$'
+            AND EXISTS (SELECT FROM pg_proc p WHERE p.oid = t.tgfoid AND p.pronamespace = 'embeddings'::regnamespace
+                          AND p.proname = t.tgname)) g
     WHERE NOT EXISTS (SELECT FROM embeddings.targets o
                       WHERE o.id = g.target_id AND g.tgrelid IN (SELECT * FROM embeddings_internal.covered_tables(o)))
 $$;
@@ -751,6 +762,7 @@ DECLARE
     added regclass[] := '{}';
     made record;
     row_trigger text;
+    theirs record;
 BEGIN
     PERFORM embeddings_internal.drop_strays(t);
     IF t.problem IS NOT NULL THEN
@@ -780,6 +792,18 @@ BEGIN
     PERFORM embeddings_internal.drop_triggers(t, only_uncovered => true);
     FOR rel IN SELECT * FROM embeddings_internal.covered_tables(t) LOOP
         FOR made IN SELECT * FROM embeddings_internal.trigger_ddl(t, rel) LOOP
+            -- A user's trigger under the name ours needs: refused, not taken for ours (the
+            -- table's writes would go unqueued) nor replaced.
+            SELECT g.tgfoid::regproc AS fn INTO theirs FROM pg_trigger g
+            WHERE g.tgrelid = rel AND g.tgname = made.name
+              AND NOT EXISTS (SELECT FROM pg_proc p WHERE p.oid = g.tgfoid AND p.pronamespace = 'embeddings'::regnamespace
+                                AND p.proname = g.tgname);
+            IF FOUND THEN
+                RAISE EXCEPTION 'trigger % on % is not embed-worker''s (it calls %()): embed-worker needs that name for its trigger of target %',
+                        quote_ident(made.name), rel, theirs.fn, t.id
+                    USING ERRCODE = 'duplicate_object',
+                          HINT = format('Rename it (ALTER TRIGGER %I ON %s RENAME TO ...), then watch() again.', made.name, rel);
+            END IF;
             IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = made.name) THEN
                 EXECUTE made.statement;
                 IF rel <> t.source AND made.name = prefix || '_insert' THEN
@@ -793,7 +817,9 @@ BEGIN
     END LOOP;
     -- Row triggers the registration no longer asks for.
     FOREACH row_trigger IN ARRAY ARRAY[prefix || '_clear', prefix || '_replica'] LOOP
-        IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = row_trigger)
+        IF EXISTS (SELECT FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid
+                   WHERE g.tgrelid = t.source AND g.tgname = row_trigger AND p.pronamespace = 'embeddings'::regnamespace
+                     AND p.proname = g.tgname)
            AND NOT EXISTS (SELECT FROM embeddings_internal.trigger_ddl(t, t.source) d WHERE d.name = row_trigger) THEN
             EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', row_trigger, 'rel', t.source::text));
         END IF;
@@ -804,7 +830,8 @@ $$;
 
 -- Drops target t's triggers (all, or only those on tables it no longer covers: detached
 -- partitions) and, when all go, its trigger functions (and the _enqueue function older
--- releases made).
+-- releases made). Only triggers of its names that call our functions: a user's trigger of
+-- such a name, on any table, is not ours to drop.
 CREATE FUNCTION embeddings_internal.drop_triggers(t embeddings.targets, only_uncovered boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -817,6 +844,8 @@ BEGIN
         WHERE g.tgname IN (prefix || '_insert', prefix || '_update', prefix || '_clear', prefix || '_replica',
                            prefix || '_delete', prefix || '_truncate')
           AND g.tgparentid = 0  -- clones go with their parent trigger
+          AND EXISTS (SELECT FROM pg_proc p WHERE p.oid = g.tgfoid AND p.pronamespace = 'embeddings'::regnamespace
+                        AND p.proname = g.tgname)
           AND NOT (only_uncovered AND g.tgrelid IN (SELECT * FROM embeddings_internal.covered_tables(t)))
     LOOP
         EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', tg.tgname, 'rel', tg.rel::text));

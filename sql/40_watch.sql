@@ -327,12 +327,12 @@ $$;
 
 -- watch()'s HNSW index on `embedding_column` of `vec_rel` (of kind `vec_kind`, with its type
 -- `emb_type`), made now or deferred; returns whether it is deferred (the worker builds it).
+-- `deferred_name`: the name of a deferred index (embeddings_internal.deferred_index_name()).
 CREATE FUNCTION embeddings_internal.watch_index(source regclass, vec_rel regclass, vec_kind "char", embedding_column name,
-                                       emb_type regtype, emb_exists boolean, vschema name)
+                                       emb_type regtype, emb_exists boolean, vschema name, deferred_name name)
 RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    rel_name name := (SELECT c.relname FROM pg_class c WHERE c.oid = source);
     defer_index boolean := false;
 BEGIN
     IF NOT EXISTS (
@@ -356,7 +356,7 @@ BEGIN
             AND (SELECT sum(embeddings_internal.estimated_rows(r)) FROM embeddings_internal.leaf_relations(source) r) > embeddings.index_defer_rows();
         IF NOT defer_index OR vec_kind = 'p' THEN
             EXECUTE format('CREATE INDEX %s ON %s %s USING hnsw (%I %I.%I)',
-                CASE WHEN defer_index THEN quote_ident(left(rel_name, 40) || '_' || left(embedding_column, 16) || '_hnsw') ELSE '' END,
+                CASE WHEN defer_index THEN quote_ident(deferred_name) ELSE '' END,
                 CASE WHEN defer_index THEN 'ONLY' ELSE '' END, vec_rel, embedding_column, vschema,
                 CASE WHEN (SELECT typname FROM pg_type WHERE oid = emb_type) = 'halfvec'
                      THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END);
@@ -697,6 +697,19 @@ BEGIN
         RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', o.queue
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Every live queue has its backfill lane, `<queue>_backfill` (embeddings_internal.backfill_queue()):
+    -- a queue so named would be a lane of another queue, or its own lane another's live queue. A
+    -- live queue an earlier release registered under such a name keeps serving.
+    IF o.queue ~ '_backfill$' AND NOT EXISTS (SELECT FROM embeddings.queues q WHERE q.name = o.queue AND q.live_queue IS NULL) THEN
+        RAISE EXCEPTION 'invalid queue name "%": a name ending in _backfill is a backfill lane''s', o.queue
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('Each queue has a backfill lane named after it (%s for %s)%s.',
+                                  embeddings_internal.backfill_queue(regexp_replace(o.queue, '_backfill$', '')),
+                                  regexp_replace(o.queue, '_backfill$', ''),
+                                  (SELECT format(': %s is the backfill lane of queue %s', q.name, q.live_queue)
+                                   FROM embeddings.queues q WHERE q.name = o.queue)),
+                  HINT = 'Give the queue a name that does not end in _backfill.';
+    END IF;
     -- Both sets would queue a job for every change.
     PERFORM embeddings_internal.refuse_guide_triggers(o.source, o.triggers);
     -- A document (a bytea column, a format, a header template) is split into chunks.
@@ -781,10 +794,12 @@ BEGIN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', o.source, o.embedding_column, vschema, plan.dims);
         emb_type := format('%I.halfvec', vschema)::regtype;
     END IF;
-    defer_index := embeddings_internal.watch_index(o.source, vec_rel, (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel),
-                                          o.embedding_column, emb_type, plan.emb_type IS NOT NULL, vschema);
     registered := embeddings_internal.watch_register(previous, o, plan, embeddings_internal.plain_store_kind(plan.side), vec_rel);
     t := registered.t;
+    -- (registered first: a deferred index's name has the target's id)
+    defer_index := embeddings_internal.watch_index(o.source, vec_rel, (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel),
+                                          o.embedding_column, emb_type, plan.emb_type IS NOT NULL, vschema,
+                                          embeddings_internal.deferred_index_name(t));
     PERFORM embeddings_internal.watch_install(t);
 
     -- Existing rows: those with content and no embedding, or every row with content when the

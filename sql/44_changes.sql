@@ -34,12 +34,16 @@ BEGIN
 END
 $$;
 
--- Names of the shadow column and of the old column kept by a change with keep_old.
+-- Names of the shadow column and of the old column kept by a change with keep_old, and of the
+-- old index kept with it (sql/15_names.sql: never the name they are made from).
 CREATE FUNCTION embeddings_internal.shadow_column(embedding_column name) RETURNS name
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT (left(embedding_column, 54) || '_next')::name $$;
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT embeddings_internal.suffixed_name(embedding_column, '_next') $$;
 
 CREATE FUNCTION embeddings_internal.kept_column(embedding_column name) RETURNS name
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT (left(embedding_column, 50) || '_previous')::name $$;
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT embeddings_internal.suffixed_name(embedding_column, '_previous') $$;
+
+CREATE FUNCTION embeddings_internal.kept_index(index_name name) RETURNS name
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT embeddings_internal.suffixed_name(index_name, '_previous') $$;
 
 -- The HNSW index on column `col` of `source`, if any.
 CREATE FUNCTION embeddings_internal.hnsw_index(source regclass, col name) RETURNS regclass
@@ -67,7 +71,7 @@ DECLARE
     kept name := embeddings_internal.kept_column(t.embedding_column);
     rel_schema name := (SELECT n.nspname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
                         WHERE cl.oid = t.store_table);
-    kept_index name := (SELECT left(ic.relname, 54) || '_previous' FROM pg_class ic
+    kept_index name := (SELECT embeddings_internal.kept_index(ic.relname) FROM pg_class ic
                         WHERE ic.oid = embeddings_internal.hnsw_index(t.store_table, t.embedding_column));
 BEGIN
     IF NOT keep_old THEN
@@ -429,7 +433,7 @@ BEGIN
     -- The old index frees its name for the new one: kept beside its column, or dropped with it
     -- (renamed, it would take `<index>_previous`, which an earlier keep_old may hold).
     IF old_index IS NOT NULL AND c.keep_old THEN
-        EXECUTE format('ALTER INDEX %s RENAME TO %I', old_index, left(old_index_name, 54) || '_previous');
+        EXECUTE format('ALTER INDEX %s RENAME TO %I', old_index, embeddings_internal.kept_index(old_index_name));
     ELSIF old_index IS NOT NULL THEN
         EXECUTE format('DROP INDEX %s', old_index);
     END IF;

@@ -235,7 +235,7 @@ BEGIN
     -- The tsvector beside the vectors: a generated column `fts` of a chunk table, else kept
     -- by the store function in the table or its side table.
     rel := t.store_table;
-    col := CASE WHEN embeddings_internal.store_has_chunks(t) THEN 'fts' ELSE left(t.embedding_column, 59) || '_fts' END;
+    col := CASE WHEN embeddings_internal.store_has_chunks(t) THEN 'fts' ELSE embeddings_internal.suffixed_name(t.embedding_column, '_fts') END;
     IF t.fts_column IS NOT NULL OR embeddings_internal.attnum_of(rel, col) IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', rel, coalesce(t.fts_column, col));
     END IF;

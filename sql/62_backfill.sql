@@ -223,12 +223,70 @@ RETURN 100000;
 COMMENT ON FUNCTION embeddings.index_defer_rows IS
     'Tables estimated larger than this get their HNSW index deferred until their backfill is done.';
 
--- The name and the statement of target t's deferred index (on its table, or its side table:
--- sql/56_side.sql).
+-- The name of target t's deferred index on `rel`: its store table (its table, or its side table:
+-- sql/56_side.sql), or a partition of it. `<table>_<column>_<target id>_hnsw`, through
+-- suffixed_name() (sql/15_names.sql): the target id keeps two targets' apart (a table `a_b`'s
+-- column `c` and a table `a`'s column `b_c`), the hash two long names that share their first
+-- bytes (partitions `<long name>_2024_01` and `_2024_02`). An index that 0.3.0 made under its
+-- name for it, `left(<table>, 40)_left(<column>, 16)_hnsw` (an HNSW index on the column of
+-- `rel`), keeps its name: an upgraded target's parent index, an interrupted build's leftover.
+CREATE FUNCTION embeddings_internal.deferred_index_on(t embeddings.targets, rel regclass) RETURNS name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(
+        (SELECT ic.relname FROM pg_index i
+         JOIN pg_class ic ON ic.oid = i.indexrelid
+         JOIN pg_am am ON am.oid = ic.relam
+         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+         WHERE i.indrelid = rel AND am.amname = 'hnsw' AND a.attname = t.embedding_column
+           AND ic.relname = (left(c.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name),
+        embeddings_internal.suffixed_name(c.relname || '_' || t.embedding_column, '_' || t.id || '_hnsw'))
+    FROM pg_class c WHERE c.oid = rel
+$$;
+
+-- The name of target t's deferred index on its store table.
 CREATE FUNCTION embeddings_internal.deferred_index_name(t embeddings.targets) RETURNS name
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (left(c.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name
-    FROM pg_class c WHERE c.oid = t.store_table
+    SELECT embeddings_internal.deferred_index_on(t, t.store_table)
+$$;
+
+-- The last statement of a deferred index's build (deferred_index_ready()): raises unless index
+-- `index_name` is on `rel` (in its schema), valid, and, on a partition, attached to the
+-- parent's index `parent_index`. CREATE INDEX CONCURRENTLY IF NOT EXISTS skips a build whose
+-- name is taken, by another table's index or by anything else of the schema: the build must
+-- not count as done then, nor be logged as built. Reads the catalog only.
+CREATE FUNCTION embeddings_internal.deferred_index_check(target_id integer, rel regclass, index_name name,
+                                                parent_index regclass DEFAULT NULL) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found pg_class;
+    index_schema name := (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = rel);
+    on_rel oid;
+BEGIN
+    SELECT c.* INTO found FROM pg_class c
+    WHERE c.relnamespace = (SELECT c2.relnamespace FROM pg_class c2 WHERE c2.oid = rel) AND c.relname = index_name;
+    SELECT i.indrelid INTO on_rel FROM pg_index i WHERE i.indexrelid = found.oid;
+    IF found.oid IS NULL OR on_rel IS DISTINCT FROM rel::oid THEN
+        RAISE EXCEPTION 'the deferred index of target % was not built on %: %', target_id, rel,
+                CASE WHEN found.oid IS NULL THEN 'no index ' || format('%I.%I', index_schema, index_name) || ' was made'
+                     WHEN on_rel IS NULL THEN format('the name %I.%I is taken by a %s', index_schema, index_name,
+                                                     CASE found.relkind WHEN 'r' THEN 'table' WHEN 'v' THEN 'view'
+                                                          WHEN 'S' THEN 'sequence' ELSE 'relation' END)
+                     ELSE format('the name %I.%I is taken by an index of %s', index_schema, index_name, on_rel::regclass) END
+            USING ERRCODE = 'duplicate_table',
+                  HINT = format('Rename or drop %I.%I; the worker builds the index once the name is free.', index_schema, index_name);
+    END IF;
+    IF NOT (SELECT i.indisvalid FROM pg_index i WHERE i.indexrelid = found.oid) THEN
+        RAISE EXCEPTION 'the deferred index %.% of target % is not valid', quote_ident(index_schema), quote_ident(index_name), target_id
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    IF parent_index IS NOT NULL
+       AND NOT EXISTS (SELECT FROM pg_inherits h WHERE h.inhrelid = found.oid AND h.inhparent = parent_index) THEN
+        RAISE EXCEPTION 'the deferred index %.% of target % is not attached to %', quote_ident(index_schema),
+                quote_ident(index_name), target_id, parent_index
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RETURN true;
+END
 $$;
 
 -- Keys of target t waiting in either lane of its queue (in flight included):
@@ -258,17 +316,23 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             JOIN pg_namespace ns ON ns.oid = ic.relnamespace
             WHERE ic.relnamespace = coalesce(leaf.relnamespace, c.relnamespace)
               AND ic.relname = coalesce(leaf.index_name, embeddings_internal.deferred_index_name(t))
+              AND i.indrelid = coalesce(leaf.oid, c.oid)
               AND NOT i.indisvalid),
            CASE WHEN c.relkind = 'r' THEN
                ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
                             embeddings_internal.deferred_index_name(t), c.oid::regclass, t.embedding_column, tn.nspname,
-                            ty.typname || '_cosine_ops')]
+                            ty.typname || '_cosine_ops'),
+                     format('SELECT embeddings_internal.deferred_index_check(%s, %L, %L)',
+                            t.id, c.oid::regclass, embeddings_internal.deferred_index_name(t))]
            ELSE
                ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
                             leaf.index_name, leaf.oid::regclass, t.embedding_column, tn.nspname,
                             ty.typname || '_cosine_ops'),
                      format('ALTER INDEX %I.%I ATTACH PARTITION %I.%I', n.nspname,
-                            embeddings_internal.deferred_index_name(t), leaf.nspname, leaf.index_name)]
+                            embeddings_internal.deferred_index_name(t), leaf.nspname, leaf.index_name),
+                     format('SELECT embeddings_internal.deferred_index_check(%s, %L, %L, %L)',
+                            t.id, leaf.oid::regclass, leaf.index_name,
+                            format('%I.%I', n.nspname, embeddings_internal.deferred_index_name(t)))]
            END
     FROM embeddings.deferred_indexes d
     JOIN embeddings.targets t ON t.id = d.target_id
@@ -280,7 +344,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     -- A partitioned table: its first partition whose index is not yet attached to the parent's.
     LEFT JOIN LATERAL (
         SELECT pc.oid, pc.relnamespace, pn.nspname,
-               (left(pc.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name AS index_name
+               embeddings_internal.deferred_index_on(t, pc.oid) AS index_name
         FROM pg_inherits pi JOIN pg_class pc ON pc.oid = pi.inhrelid
         JOIN pg_namespace pn ON pn.oid = pc.relnamespace
         WHERE pi.inhparent = t.source

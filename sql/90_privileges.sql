@@ -71,8 +71,11 @@ BEGIN
             'embeddings_internal.as_base_sql(regtype, text)',
             'embeddings_internal.builtin_scalar(regtype)',
             'embeddings_internal.base_type(regtype)',
-            -- deferred_index_ready()
+            -- deferred_index_ready(), and the check its statements end with
             'embeddings_internal.deferred_index_name(embeddings.targets)',
+            'embeddings_internal.deferred_index_on(embeddings.targets, regclass)',
+            'embeddings_internal.deferred_index_check(integer, regclass, name, regclass)',
+            'embeddings_internal.suffixed_name(text, text)',
             'embeddings_internal.pending_count(embeddings.targets)',
             'embeddings_internal.queue_pending(text, double precision)',
             'embeddings_internal.backfill_queue(text)',

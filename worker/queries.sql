@@ -1697,6 +1697,10 @@ FROM (SELECT 'trigger' AS kind, g.tgname AS name, g.tgrelid AS rel,
       FROM pg_catalog.pg_trigger g
       WHERE g.tgparentid = 0
         AND g.tgname ~ '^embeddings_[0-9]{1,9}_(insert|update|clear|replica|delete|truncate)$'
+        -- calling a function of ours, not a user's trigger of the name (sql/30_triggers.sql:
+        -- stray_triggers())
+        AND EXISTS (SELECT FROM pg_catalog.pg_proc f WHERE f.oid = g.tgfoid
+                      AND f.pronamespace = 'embeddings'::pg_catalog.regnamespace AND f.proname = g.tgname)
       UNION ALL
       SELECT 'policy', p.polname, p.polrelid, substring(p.polname FROM '^embeddings_([0-9]+)_')::integer
       FROM pg_catalog.pg_policy p

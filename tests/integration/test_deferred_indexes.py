@@ -21,6 +21,7 @@ from tests.support import stores
 from tests.support.deferred_indexes import (
     build_waits,
     deferred_count,
+    deferred_index_name,
     deferred_table,
     hnsw_indexes,
 )
@@ -53,7 +54,8 @@ def test_a_large_table_gets_its_index_after_the_backfill(
     assert index_deferred(conn, target) is True
     run_once(model=tiny_models[0])
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
-    assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
+    # named with its target's id: two targets' cannot collide (test_generated_names.py)
+    assert hnsw_indexes(conn, "docs") == [(f"docs_embedding_{target}_hnsw", True)]
     assert index_deferred(conn, target) is False
 
 
@@ -123,7 +125,7 @@ def test_a_deferred_index_waits_for_old_transactions_past_the_database_s_timeout
         timeout=30,
         what="both indexes built",
     )
-    assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
+    assert hnsw_indexes(conn, "docs") == [(deferred_index_name(conn, "docs"), True)]
 
 
 def test_a_large_partitioned_table_gets_its_index_partition_by_partition(
@@ -140,7 +142,7 @@ def test_a_large_partitioned_table_gets_its_index_partition_by_partition(
     conn.execute("ANALYZE docs")
     target = watch_with(conn, "docs", model=tiny_models[0])
     # Under watch()'s lock only the parent's index, invalid (no partition was scanned).
-    assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", False)]
+    assert hnsw_indexes(conn, "docs") == [(deferred_index_name(conn, "docs"), False)]
     assert hnsw_indexes(conn, "docs_a") == hnsw_indexes(conn, "docs_b") == []
     # A partition created meanwhile gets its index from the parent's.
     conn.execute("CREATE TABLE docs_c PARTITION OF docs FOR VALUES FROM (10000000) TO (20000000)")
@@ -149,7 +151,7 @@ def test_a_large_partitioned_table_gets_its_index_partition_by_partition(
     conn.execute("DELETE FROM docs WHERE id > 300 AND id < 100000 OR id > 100300")  # short drain
     run_once(model=tiny_models[0])
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
-    assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
+    assert hnsw_indexes(conn, "docs") == [(deferred_index_name(conn, "docs"), True)]
     assert [valid for _, valid in hnsw_indexes(conn, "docs_a") + hnsw_indexes(conn, "docs_b")] == [
         True,
         True,
@@ -198,7 +200,7 @@ def test_a_table_its_users_hold_keeps_only_its_own_index_waiting(
         )
         deferred_table(conn, "other", tiny_models[0])  # ready while the first build waits
         wait_for(
-            lambda: hnsw_indexes(conn, "other") == [("other_embedding_hnsw", True)],
+            lambda: hnsw_indexes(conn, "other") == [(deferred_index_name(conn, "other"), True)],
             timeout=60,
             what="the other table's index while the first is held",
         )
@@ -209,7 +211,7 @@ def test_a_table_its_users_hold_keeps_only_its_own_index_waiting(
         timeout=60,
         what="the held table's index once it was let go",
     )
-    assert hnsw_indexes(conn, "held") == [("held_embedding_hnsw", True)]
+    assert hnsw_indexes(conn, "held") == [(deferred_index_name(conn, "held"), True)]
 
 
 def test_a_worker_stopped_while_it_builds_an_index_leaves_no_build_running(
@@ -244,19 +246,19 @@ def test_an_index_another_session_is_building_is_not_offered(
     conn.execute("SELECT embeddings_internal.backfill_next('embedding_jobs', 1000)")  # (its end)
     ready = "SELECT count(*) FROM embeddings.deferred_index_ready('embedding_jobs')"
     assert fetch_value(conn, ready) == 1
-    (statement,) = fetch_value(
+    statement = fetch_value(
         conn, "SELECT statements FROM embeddings.deferred_index_ready('embedding_jobs')"
-    )
+    )[0]  # (then the check that it built it)
     with psycopg.connect(dsn, autocommit=True) as builder, psycopg.connect(dsn) as writer:
         writer.execute("INSERT INTO docs VALUES (1, 'not yet')")  # the build waits for it
         thread = threading.Thread(target=lambda: builder.execute(statement), daemon=True)
         thread.start()
         wait_for(lambda: build_waits(conn, "docs"), timeout=30, what="the build to wait")
-        assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", False)]
+        assert hnsw_indexes(conn, "docs") == [(deferred_index_name(conn, "docs"), False)]
         assert fetch_value(conn, ready) == 0
         writer.rollback()
     thread.join(30)
-    assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
+    assert hnsw_indexes(conn, "docs") == [(deferred_index_name(conn, "docs"), True)]
 
 
 @pytest.mark.parametrize("page", ["scaling.md", "sql.md"])
@@ -278,7 +280,7 @@ def test_the_documented_build_by_hand_drops_a_broken_build_and_builds_the_index(
     target = deferred_table(conn, "docs", tiny_models[0], kept_rows=0)
     clear_queue(conn)  # (as if a worker had done them)
     conn.execute("SELECT embeddings_internal.backfill_next('embedding_jobs', 1000)")  # (its end)
-    # What an interrupted CONCURRENTLY build leaves: an invalid index of the name.
+    # What an interrupted CONCURRENTLY build of 0.3.0 leaves: an invalid index of its name.
     conn.execute(
         "CREATE INDEX docs_embedding_hnsw ON docs USING hnsw (embedding halfvec_cosine_ops)"
     )

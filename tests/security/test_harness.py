@@ -725,6 +725,16 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
             )
         ),
     ),
+    "a deferred index's names and check (deferred_index_on(), deferred_index_check())": (
+        (SUPERUSER,),
+        lambda ctx: ctx.sql(
+            "SELECT embeddings_internal.deferred_index_on(t, t.store_table),"
+            " embeddings_internal.deferred_index_check(t.id, t.store_table, ic.relname)"
+            " FROM embeddings.targets t JOIN pg_index i ON i.indrelid = t.store_table"
+            " JOIN pg_class ic ON ic.oid = i.indexrelid AND ic.relam = (SELECT oid FROM pg_am"
+            " WHERE amname = 'hnsw') JOIN pg_class c ON c.oid = t.store_table AND c.relkind = 'r'"
+        ),
+    ),
     "unwatch and watch again": (
         (SUPERUSER,),
         lambda ctx: ctx.sql(

@@ -28,6 +28,7 @@ from tests.support.cluster import Cluster
 from tests.support.deferred_indexes import (
     build_waits,
     deferred_count,
+    deferred_index_name,
     deferred_table,
     hnsw_indexes,
 )
@@ -137,7 +138,7 @@ def test_a_hostile_tenant_holds_up_only_its_own_index(
             except TimeoutError as exc:  # what the worker did meanwhile
                 raise TimeoutError(f"{exc}\n{worker.log_text()[-6000:]}") from None
             with world.connect() as su:
-                assert hnsw_indexes(su, "other") == [("other_embedding_hnsw", True)]
+                assert hnsw_indexes(su, "other") == [(deferred_index_name(su, "other"), True)]
                 assert not any(valid for _, valid in hnsw_indexes(su, "hostile"))
             hostile.rollback()
         wait_for(
@@ -148,4 +149,4 @@ def test_a_hostile_tenant_holds_up_only_its_own_index(
     finally:
         worker.stop()
     with world.connect() as su:
-        assert hnsw_indexes(su, "hostile") == [("hostile_embedding_hnsw", True)]
+        assert hnsw_indexes(su, "hostile") == [(deferred_index_name(su, "hostile"), True)]

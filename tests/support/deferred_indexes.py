@@ -65,3 +65,16 @@ def build_waits(conn: Conn, table: str) -> bool:
 def deferred_count(conn: Conn) -> int:
     """The indexes still deferred (embeddings.deferred_indexes): 0 once every one is built."""
     return int(fetch_value(conn, "SELECT count(*) FROM embeddings.deferred_indexes"))
+
+
+def deferred_index_name(conn: Conn, table: str) -> str:
+    """The name of the deferred index of `table`'s target (its column `embedding`):
+    `<table>_embedding_<target id>_hnsw` for a short name."""
+    return str(
+        fetch_value(
+            conn,
+            "SELECT embeddings_internal.deferred_index_name(t) FROM embeddings.targets t"
+            " WHERE t.source = %s::regclass",
+            (table,),
+        )
+    )

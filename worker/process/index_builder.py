@@ -39,6 +39,12 @@ LOOK_SECONDS = 1.0  # at most one look at a waiting build a second
 # A build waiting for transactions older than it (a session left idle in a transaction) logs
 # which, once it has waited this long, and again as often.
 OLDER_SAY_SECONDS = 60.0
+# A build that failed (its name taken, its table's index left invalid, ...) is tried again
+# after this long, doubled at each failure up to FAILED_RETRY_MAX_SECONDS; the other tables'
+# ready indexes are built meanwhile. Before, it was tried again at once, many times a second,
+# and as the first of the queue's targets it kept every later one from being built.
+FAILED_RETRY_SECONDS = 10.0
+FAILED_RETRY_MAX_SECONDS = 600.0
 
 Ready = tuple[int, str | None, list[str]]  # target id, cleanup, statements
 
@@ -73,6 +79,7 @@ class IndexBuilder:
         self._thread: threading.Thread | None = None
         self._build: _Build | None = None
         self._given_way: dict[int, int] = {}  # target id: builds cancelled for others' turns
+        self._failed: dict[int, tuple[int, float]] = {}  # target id: failures in a row, next try
         self._next_look = 0.0
         self._stopping = threading.Event()
 
@@ -88,11 +95,16 @@ class IndexBuilder:
         if self.busy:
             self._look(conn)
             return
-        ready = self._ready(conn)
+        now = time.monotonic()
+        ready = [row for row in self._ready(conn) if self._failed.get(row[0], (0, now))[1] <= now]
         if not ready:
             return
         target_id, cleanup, statements = min(
-            ready, key=lambda row: (self._given_way.get(row[0], 0), row[0])
+            ready,
+            key=lambda row: (
+                self._given_way.get(row[0], 0) + self._failed.get(row[0], (0, now))[0],
+                row[0],
+            ),
         )
         self._build = _Build(target_id)
         self._thread = threading.Thread(
@@ -232,15 +244,31 @@ class IndexBuilder:
                 for statement in statements:  # each at top level (CONCURRENTLY)
                     build.statement = statement
                     db.execute_alone(conn, statement.encode())
-                conn.execute(queries.get("deferred_index_built"), {"target_id": target_id})
+                row = conn.execute(
+                    queries.get("deferred_index_built"), {"target_id": target_id}
+                ).fetchone()
+                self._failed.pop(target_id, None)
+                # (the statements' last checks the index they built: sql/62_backfill.sql,
+                # deferred_index_check(); a partitioned table's is done with its last partition)
                 logger.info(
-                    "target %d: index built in %.1f s", target_id, time.monotonic() - started
+                    "target %d: %s built in %.1f s",
+                    target_id,
+                    "index" if row is not None and row[0] else "a partition's index",
+                    time.monotonic() - started,
                 )
         except exceptions.EmbedWorkerError as exc:
             if build.stopped:
                 logger.info("target %d: index build stopped with the worker", target_id)
             elif not build.given_way:
-                logger.warning("target %d: deferred index build failed: %s", target_id, exc)
+                failures = self._failed.get(target_id, (0, 0.0))[0] + 1
+                wait = min(FAILED_RETRY_MAX_SECONDS, FAILED_RETRY_SECONDS * 2 ** (failures - 1))
+                self._failed[target_id] = (failures, time.monotonic() + wait)
+                logger.warning(
+                    "target %d: deferred index build failed (tried again in %.0f s): %s",
+                    target_id,
+                    wait,
+                    exc,
+                )
 
 
 def _read(conn: db.Connection, name: str, params: dict[str, Any]) -> list[Any]:

@@ -18,8 +18,14 @@ from worker.retrieval.errors import InvalidSearch
 from worker.session_guard import GuardedConnection
 from worker.target import Target
 
-# What Postgres raises for a table name that is no name ('"', 'a.b.c.d', 'My App.Notes').
-NOT_A_NAME = (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported)
+# What Postgres raises for a table name that is no name ('"', 'a.b.c.d', 'My App.Notes'), and
+# what we raise for one with a part past 63 bytes (sql/15_names.sql: named_in_path()).
+NOT_A_NAME = (
+    errors.InvalidName,
+    errors.SyntaxError,
+    errors.FeatureNotSupported,
+    errors.NameTooLong,
+)
 
 # search_target's targets: load_targets narrowed to the table's (and column's).
 _OF_THE_TABLE = sql.SQL(
