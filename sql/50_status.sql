@@ -8,7 +8,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE c.oid = t.source
 $$;
 
--- Row keys waiting in `queue` (in flight included; for a live queue, its inbox too), in one
+-- Row keys waiting in `queue` (in flight included; the inbox's keys that a move sends to it too), in one
 -- pass over it for all its targets: grouped by the message's target id, or for messages in the
 -- Supabase guide's shape (one row each) by schema, table and embedding column; with the
 -- oldest job of each group. Each message is decompressed twice (target and keys), whatever the
@@ -40,7 +40,7 @@ BEGIN
         '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target OFFSET 0) m '
         '      UNION ALL '  -- the inbox of a live queue (22_inbox.sql)
         '      SELECT pg_catalog.to_jsonb(i.target_id), NULL, NULL, NULL, i.keys, i.oldest, 1 '
-        '      FROM embeddings_internal.inbox_pending($1) i) g '
+        '      FROM embeddings_internal.inbox_pending($1) i WHERE i.lane = $1) g '
         'GROUP BY 1, 2, 3, 4, g.scale',
         pgmq.format_table_name(queue, 'q'),
         CASE WHEN sample_percent IS NOT NULL THEN 'TABLESAMPLE SYSTEM ($2)' ELSE '' END)

@@ -247,15 +247,17 @@ SELECT embeddings_internal.lock_target(%(target_id)s);
 SELECT embeddings_internal.move_inbox(%(queue)s);
 
 -- name: inbox_pending
--- What waits in the inbox for live queue %(queue)s, per target (rows, keys, the oldest write),
+-- What waits in the inbox for live queue %(queue)s, per target and lane (rows, keys, the oldest
+-- write; the rows its move takes, for either lane),
 -- for `run --once` finding nothing to read: not moved yet, or being moved by another worker
 -- (its move holds the rows until it commits, and ours skips them). worker/process/elsewhere.py.
 -- ours: touches only our tables and pgmq's, runs no one else's code
-SELECT target_id, rows, keys, oldest FROM embeddings_internal.inbox_pending(%(queue)s) ORDER BY target_id;
+SELECT target_id, rows, keys, oldest FROM embeddings_internal.inbox_pending(%(queue)s) ORDER BY target_id, lane;
 
 -- name: queue_depth
 -- Jobs in the queue, how many are visible now, and the age of the oldest in seconds; for a live
--- queue, the inbox's rows count as visible jobs (each becomes one or more when moved).
+-- queue, the inbox's rows its move sends to this lane count as visible jobs (each becomes one or
+-- more when moved).
 -- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT q.jobs + i.jobs, q.visible + i.jobs,
        coalesce(extract(epoch FROM clock_timestamp() - least(q.oldest, i.oldest)), 0)::float8
@@ -263,11 +265,12 @@ FROM (SELECT count(*) AS jobs, count(*) FILTER (WHERE vt <= clock_timestamp()) A
              min(enqueued_at) AS oldest
       FROM {queue_table}) q,
      (SELECT coalesce(sum(p.rows), 0) AS jobs, min(p.oldest) AS oldest
-      FROM embeddings_internal.inbox_pending(%(queue)s) p) i;
+      FROM embeddings_internal.inbox_pending(%(queue)s) p WHERE p.lane = %(queue)s) i;
 
 -- name: pending_keys
 -- Row keys waiting in the queue and its inbox (messages count their keys, in either of our
--- shapes: embeddings.message_key_count(), written out here; the inbox counts its own).
+-- shapes: embeddings.message_key_count(), written out here; the inbox counts its own, those
+-- its move sends to this lane).
 SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
                          WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array'
                          THEN jsonb_array_length(message -> 'columns' -> 0)
@@ -275,7 +278,8 @@ SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jso
                          THEN length(message -> 'columns' ->> 0)
                               - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
                          ELSE 1 END), 0)::bigint
-       + (SELECT coalesce(sum(p.keys), 0) FROM embeddings_internal.inbox_pending(%(queue)s) p)::bigint
+       + (SELECT coalesce(sum(p.keys), 0) FROM embeddings_internal.inbox_pending(%(queue)s) p
+          WHERE p.lane = %(queue)s)::bigint
 FROM {queue_table};
 
 -- name: load_content
