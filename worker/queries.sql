@@ -165,7 +165,20 @@ ORDER BY l.target_id, l.row_key, l.message -> 'shadow', CASE WHEN l.alone THEN l
 -- Counts rows embedded for a target in the current minute (feeds embeddings.status), with when
 -- the first batch counted in it began (read %(seconds)s seconds before this write): the recent
 -- rate counts from there, not from the minute's start.
+-- The target's minutes older than a day go with it, up to 1,000 a write (the rate reads five
+-- minutes, the backfill stall alarm its own interval; sweep() keeps a day too): a worker keeps
+-- the table bounded by itself, sweep() being opt-in. The probe is one look at the start of the
+-- target's range of the primary key; a backlog (minutes of an older worker's years) goes in
+-- steps that keep the transaction short.
 -- ours: touches only our tables and pgmq's, runs no one else's code
+WITH aged AS (
+    DELETE FROM embeddings.throughput o
+    WHERE (o.target_id, o.minute) IN (
+        SELECT a.target_id, a.minute FROM embeddings.throughput a
+        WHERE a.target_id = %(target_id)s AND a.minute < now() - interval '1 day'
+        ORDER BY a.target_id, a.minute LIMIT 1000
+        FOR UPDATE SKIP LOCKED)  -- (a sweep() deleting them holds them to its end: not waited for)
+)
 INSERT INTO embeddings.throughput AS tp (target_id, minute, rows, since)
 VALUES (%(target_id)s, date_trunc('minute', clock_timestamp()), %(rows)s,
         clock_timestamp() - make_interval(secs => %(seconds)s))
