@@ -29,10 +29,16 @@ def worker_role(conn: Conn) -> Iterator[str]:
 
 
 def test_the_worker_prunes_throughput_minutes_older_than_a_day(
-    conn: Conn, dsn: str, worker_role: str, run_once: Callable[..., Worker], tiny_models: tuple[str, str]
+    conn: Conn,
+    dsn: str,
+    worker_role: str,
+    run_once: Callable[..., Worker],
+    tiny_models: tuple[str, str],
 ) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    target = fetch_value(conn, "SELECT embeddings.watch('docs', 'body', model => %s)", (tiny_models[0],))
+    target = fetch_value(
+        conn, "SELECT embeddings.watch('docs', 'body', model => %s)", (tiny_models[0],)
+    )
     # 500 minutes this target was busy more than a day ago, with no sweep to delete them; and
     # 23 hours of the last day's
     conn.execute(

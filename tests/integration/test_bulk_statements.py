@@ -103,7 +103,9 @@ def test_status_and_the_gauges_count_a_bulk_statements_keys_in_the_inbox_as_back
     pending = {
         lane: fetch_value(
             conn,
-            queries.compose("pending_keys", queue_table=psycopg.sql.Identifier("pgmq", f"q_{lane}")),
+            queries.compose(
+                "pending_keys", queue_table=psycopg.sql.Identifier("pgmq", f"q_{lane}")
+            ),
             {"queue": lane},
         )
         for lane in ("embedding_jobs", "embedding_jobs_backfill")
