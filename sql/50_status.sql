@@ -67,8 +67,8 @@ $$;
 CREATE FUNCTION embeddings_internal.cleared_count_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN t.content_column IS NOT NULL
-                THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ ''[^[:space:]]'')',
-                            embeddings_internal.content_sql(t, 's'))
+                THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ %2$L)',
+                            embeddings_internal.content_sql(t, 's'), embeddings_internal.nonblank_pattern())
                 ELSE 'NULL::bigint' END
 $$;
 
@@ -148,7 +148,7 @@ BEGIN
         total := total + n;
         CONTINUE WHEN n < 1;
         SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
-                                       WHERE m.v !~ '[^[:space:]]'), 0)
+                                       WHERE m.v !~ embeddings_internal.nonblank_pattern()), 0)
         INTO cleared_share
         FROM pg_stats s
         WHERE (s.schemaname, s.tablename) = (SELECT ns.nspname, c.relname FROM pg_class c

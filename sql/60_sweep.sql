@@ -227,9 +227,7 @@ BEGIN
                 pgmq.format_table_name(q.name, 'a')) USING archive_retention;
         END LOOP;
     END IF;
-    -- Throughput minutes older than a day feed nothing (each worker's write prunes its
-    -- target's too: record_throughput in worker/queries.sql; here, those of targets no worker
-    -- writes any more).
+    -- Throughput minutes older than a day feed nothing (workers prune too: record_throughput).
     DELETE FROM embeddings.throughput WHERE minute < now() - interval '1 day';
     RETURN total;
 END
