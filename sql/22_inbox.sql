@@ -107,14 +107,22 @@ BEGIN
 END
 $$;
 
--- What waits in the inbox for live queue `queue_name`, per target: rows (statements), row keys,
--- the oldest write. The inbox's part of embeddings_internal.queue_pending() and of the worker's gauges.
+-- What waits in the inbox for queue `queue_name`, per target and per lane the move sends it to
+-- (`lane`: the live queue, or its backfill lane for a bulk statement's keys, as move_inbox()
+-- decides): rows (statements), row keys, the oldest write. Given a live queue, the rows of its
+-- targets in both lanes (all that its move takes); given a backfill lane, the same rows of the
+-- targets it serves: a caller counting one lane's work takes the rows whose `lane` is it (the
+-- inbox's part of embeddings_internal.queue_pending() and of the worker's gauges).
 -- SECURITY DEFINER: whoever may read the status or run a worker may read these counts.
 CREATE FUNCTION embeddings_internal.inbox_pending(queue_name text)
-RETURNS TABLE (target_id integer, rows bigint, keys bigint, oldest timestamptz)
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT i.target, count(*), sum(i.keys), min(i.enqueued_at)
+RETURNS TABLE (target_id integer, rows bigint, keys bigint, oldest timestamptz, lane text)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
+    SELECT i.target, count(*), sum(i.keys), min(i.enqueued_at),
+           CASE WHEN i.statement_keys > embeddings_internal.bulk_statement_keys()
+                     AND to_regclass(format('pgmq.%I', pgmq.format_table_name(l.backfill, 'q'))) IS NOT NULL
+                THEN l.backfill ELSE t.queue END
     FROM embeddings.inbox i JOIN embeddings.targets t ON t.id = i.target
-    WHERE t.queue = queue_name
-    GROUP BY i.target
+    CROSS JOIN LATERAL (SELECT embeddings_internal.backfill_queue(t.queue) AS backfill) l
+    WHERE queue_name IN (t.queue, l.backfill)
+    GROUP BY 1, 5
 $$;

@@ -218,6 +218,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)
 $$;
 
+-- Content is blank (NULL, empty, or white space only: the worker stores no vector for it) where
+-- it does not match this pattern: a character that is not white space as Python's
+-- str.isspace() says, which the worker's str.strip() takes away (tests/unit/test_blank_pattern.py
+-- compares the two). Spelled out rather than [[:space:]], whose characters follow the database's
+-- LC_CTYPE (C.UTF-8 leaves out U+00A0 and U+0085, 'C' U+3000 too), so that the worker, status,
+-- sweep(), the verifying sweep and a model change's counts agree in every database, LATIN1 too
+-- (the regex reads the \u escapes; no string literal holds a character its encoding lacks). The
+-- one place it is written: the generated code renders it (access_parts()'s `nonblank`), as do
+-- status and a model change's counts.
+CREATE FUNCTION embeddings_internal.nonblank_pattern() RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT E'[^\\t\\n\\v\\f\\r \\u001c-\\u001f\\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]'
+$$;
+
 -- What every access template may name about target t (access_function_code() adds the
 -- function's own: access_key_args()):
 --   prefix       embeddings_<id>
@@ -229,6 +243,7 @@ $$;
 --   key_json     row t's key as jobs carry it (JSON)
 --   key_columns  'a, b': the key columns, as a column list of the table (and of its store)
 --   content      the content of row t, as the owner evaluates it
+--   nonblank     nonblank_pattern(), as a literal: content that does not match it is blank
 --   vector_schema  pgvector's schema
 CREATE FUNCTION embeddings_internal.access_parts(t embeddings.targets) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -249,6 +264,7 @@ BEGIN
         'key_columns', embeddings_internal.render_each('%(column)I', columns, ', '),
         'key_json', embeddings_internal.key_json_sql(t, 't'),
         'content', embeddings_internal.content_sql(t, 't', NULL, wrapped => false),
+        'nonblank', embeddings_internal.nonblank_pattern(),
         'vector_schema', embeddings.vector_schema());
 END
 $$;
@@ -609,12 +625,13 @@ BEGIN
             'key_after', embeddings_internal.key_after_param_sql(t, embeddings_internal.access_body_name(t, '_scan')),
             'needs_job', embeddings_internal.render(
                 'CASE WHEN NOT %(fn)I.with_content THEN %(fn)I.every_row OR %(missing)s '
-                'WHEN %(fn)I.sweep THEN %(missing)s AND (%(content)s) OPERATOR(pg_catalog.~) ''[^[:space:]]'' '
+                'WHEN %(fn)I.sweep THEN %(missing)s AND (%(content)s) OPERATOR(pg_catalog.~) %(nonblank)L '
                 'WHEN %(fn)I.every_row THEN (%(content)s) OPERATOR(pg_catalog.<>) ''''%(or_holds_vector)s '
                 'ELSE %(missing)s AND (%(content)s) OPERATOR(pg_catalog.<>) '''' END',
                 jsonb_build_object('fn', embeddings_internal.access_body_name(t, '_scan'),
                                    'missing', embeddings_internal.embedding_missing_sql(t, 't'),
                                    'content', embeddings_internal.content_sql(t, 't', NULL, wrapped => false),
+                                   'nonblank', embeddings_internal.nonblank_pattern(),
                                    'or_holds_vector', ' OR ' || embeddings_internal.store_holds_vector_sql(t, 't')))),
         declare => E'DECLARE\n    keys jsonb[];\n    flags boolean[];\n    r record;\n', stable => true);
 

@@ -598,15 +598,17 @@ BEGIN
         -- by status: its total is the one counted as the change began).
         BEGIN
             IF NOT embeddings_internal.store_apart(t) THEN
-                EXECUTE format('SELECT pg_catalog.count(s.%I), pg_catalog.count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s',
+                EXECUTE format('SELECT pg_catalog.count(s.%I), pg_catalog.count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) %L) FROM %s s',
                                c.shadow_column, c.shadow_column,
                                CASE WHEN t.content_column IS NOT NULL THEN embeddings_internal.content_sql(t, 's') ELSE 'NULL' END,
+                               embeddings_internal.nonblank_pattern(),
                                t.source)
                     INTO change_done_rows, change_total_rows;
             ELSE  -- the rows of its store of existing rows (a side table: sql/56_side.sql)
-                EXECUTE format('SELECT pg_catalog.count(x.%I), pg_catalog.count(*) FILTER (WHERE x.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s LEFT JOIN %s x ON %s',
+                EXECUTE format('SELECT pg_catalog.count(x.%I), pg_catalog.count(*) FILTER (WHERE x.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) %L) FROM %s s LEFT JOIN %s x ON %s',
                                c.shadow_column, c.shadow_column,
                                CASE WHEN t.content_column IS NOT NULL THEN embeddings_internal.content_sql(t, 's') ELSE 'NULL' END,
+                               embeddings_internal.nonblank_pattern(),
                                t.source, t.store_table, embeddings_internal.key_equal_sql(t, 's', 'x'))
                     INTO change_done_rows, change_total_rows;
             END IF;

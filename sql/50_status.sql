@@ -8,7 +8,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE c.oid = t.source
 $$;
 
--- Row keys waiting in `queue` (in flight included; for a live queue, its inbox too), in one
+-- Row keys waiting in `queue` (in flight included; the inbox's keys that a move sends to it too), in one
 -- pass over it for all its targets: grouped by the message's target id, or for messages in the
 -- Supabase guide's shape (one row each) by schema, table and embedding column; with the
 -- oldest job of each group. Each message is decompressed twice (target and keys), whatever the
@@ -40,7 +40,7 @@ BEGIN
         '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target OFFSET 0) m '
         '      UNION ALL '  -- the inbox of a live queue (22_inbox.sql)
         '      SELECT pg_catalog.to_jsonb(i.target_id), NULL, NULL, NULL, i.keys, i.oldest, 1 '
-        '      FROM embeddings_internal.inbox_pending($1) i) g '
+        '      FROM embeddings_internal.inbox_pending($1) i WHERE i.lane = $1) g '
         'GROUP BY 1, 2, 3, 4, g.scale',
         pgmq.format_table_name(queue, 'q'),
         CASE WHEN sample_percent IS NOT NULL THEN 'TABLESAMPLE SYSTEM ($2)' ELSE '' END)
@@ -67,8 +67,8 @@ $$;
 CREATE FUNCTION embeddings_internal.cleared_count_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN t.content_column IS NOT NULL
-                THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ ''[^[:space:]]'')',
-                            embeddings_internal.content_sql(t, 's'))
+                THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ %2$L)',
+                            embeddings_internal.content_sql(t, 's'), embeddings_internal.nonblank_pattern())
                 ELSE 'NULL::bigint' END
 $$;
 
@@ -148,7 +148,7 @@ BEGIN
         total := total + n;
         CONTINUE WHEN n < 1;
         SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
-                                       WHERE m.v !~ '[^[:space:]]'), 0)
+                                       WHERE m.v !~ embeddings_internal.nonblank_pattern()), 0)
         INTO cleared_share
         FROM pg_stats s
         WHERE (s.schemaname, s.tablename) = (SELECT ns.nspname, c.relname FROM pg_class c

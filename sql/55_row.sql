@@ -105,7 +105,7 @@ BEGIN
         RETURN NEXT embeddings_internal.access_spec('_unshadowed', ARRAY['pending jsonb[]'], 'SETOF jsonb', $template$
             RETURN QUERY
                 SELECT s.k FROM (SELECT %(key_json)s AS k FROM %(source)s t
-                                 WHERE t.%(shadow)I IS NULL AND (%(content)s) OPERATOR(pg_catalog.~) '[^[:space:]]') s
+                                 WHERE t.%(shadow)I IS NULL AND (%(content)s) OPERATOR(pg_catalog.~) %(nonblank)L) s
                 WHERE NOT (s.k OPERATOR(pg_catalog.=) ANY (%(fn)I.pending));
             $template$, jsonb_build_object('shadow', shadow), stable => true);
         -- ... and, under the table lock, whether the swap may go ahead (no row with a vector

@@ -366,7 +366,7 @@ BEGIN
         RETURN NEXT embeddings_internal.access_spec('_unshadowed', ARRAY['pending jsonb[]'], 'SETOF jsonb', $template$
             RETURN QUERY
                 SELECT s.k FROM (SELECT %(key_json)s AS k FROM %(source)s t LEFT JOIN %(store)s x ON %(joined)s
-                                 WHERE x.%(shadow)I IS NULL AND (%(content)s) OPERATOR(pg_catalog.~) '[^[:space:]]') s
+                                 WHERE x.%(shadow)I IS NULL AND (%(content)s) OPERATOR(pg_catalog.~) %(nonblank)L) s
                 WHERE NOT (s.k OPERATOR(pg_catalog.=) ANY (%(fn)I.pending));
             $template$, args, stable => true);
         -- ... and, under the table lock, whether the swap may go ahead: no row's vector lacks the

@@ -227,7 +227,7 @@ BEGIN
                 pgmq.format_table_name(q.name, 'a')) USING archive_retention;
         END LOOP;
     END IF;
-    -- Throughput minutes older than a day feed nothing.
+    -- Throughput minutes older than a day feed nothing (workers prune too: record_throughput).
     DELETE FROM embeddings.throughput WHERE minute < now() - interval '1 day';
     RETURN total;
 END

@@ -134,7 +134,7 @@ DECLARE
     -- `row_*` naming where the form keeps each row's key, vector flag and place.
     all_at_once CONSTANT text := $template$
                 RETURN QUERY
-                    SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
+                    SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) %(nonblank)L, false
                     FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
                 RETURN;
             EXCEPTION WHEN OTHERS THEN
@@ -145,7 +145,7 @@ DECLARE
                 has_vector := %(row_vector)s;
                 failed := false;
                 BEGIN
-                    SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
+                    SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) %(nonblank)L INTO digest, blank
                     FROM (SELECT %(content)s AS c FROM %(source)s t
                           WHERE t.tableoid OPERATOR(pg_catalog.=) %(row_rel)s AND t.ctid OPERATOR(pg_catalog.=) %(row_place)s) c;
                 EXCEPTION WHEN OTHERS THEN

@@ -131,7 +131,8 @@ BEGIN
     EXECUTE format('GRANT USAGE ON SCHEMA embeddings, embeddings_internal, pgmq TO %I', role_name);
     EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.models, embeddings.queues, embeddings.status, embeddings.status_exact TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
-    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
+    -- (DELETE: each write prunes the target's minutes older than a day, worker/queries.sql)
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON embeddings.throughput TO %I', role_name);
     -- Long documents' progress, documents over the ceiling (55_chunks.sql).
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON embeddings.documents TO %I', role_name);
     EXECUTE format('GRANT SELECT ON embeddings.document_progress TO %I', role_name);

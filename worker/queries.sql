@@ -320,7 +320,20 @@ ORDER BY l.target_id, l.row_key, l.message -> 'shadow', CASE WHEN l.alone THEN l
 -- Counts rows embedded for a target in the current minute (feeds embeddings.status), with when
 -- the first batch counted in it began (read %(seconds)s seconds before this write): the recent
 -- rate counts from there, not from the minute's start.
+-- The target's minutes older than a day go with it, up to 1,000 a write (the rate reads five
+-- minutes, the backfill stall alarm its own interval; sweep() keeps a day too): a worker keeps
+-- the table bounded by itself, sweep() being opt-in. The probe is one look at the start of the
+-- target's range of the primary key; a backlog (minutes of an older worker's years) goes in
+-- steps that keep the transaction short.
 -- ours: touches only our tables and pgmq's, runs no one else's code
+WITH aged AS (
+    DELETE FROM embeddings.throughput o
+    WHERE (o.target_id, o.minute) IN (
+        SELECT a.target_id, a.minute FROM embeddings.throughput a
+        WHERE a.target_id = %(target_id)s AND a.minute < now() - interval '1 day'
+        ORDER BY a.target_id, a.minute LIMIT 1000
+        FOR UPDATE SKIP LOCKED)  -- (a sweep() deleting them holds them to its end: not waited for)
+)
 INSERT INTO embeddings.throughput AS tp (target_id, minute, rows, since)
 VALUES (%(target_id)s, date_trunc('minute', clock_timestamp()), %(rows)s,
         clock_timestamp() - make_interval(secs => %(seconds)s))
@@ -402,15 +415,17 @@ SELECT embeddings_internal.lock_target(%(target_id)s);
 SELECT embeddings_internal.move_inbox(%(queue)s);
 
 -- name: inbox_pending
--- What waits in the inbox for live queue %(queue)s, per target (rows, keys, the oldest write),
+-- What waits in the inbox for live queue %(queue)s, per target and lane (rows, keys, the oldest
+-- write; the rows its move takes, for either lane),
 -- for `run --once` finding nothing to read: not moved yet, or being moved by another worker
 -- (its move holds the rows until it commits, and ours skips them). worker/process/elsewhere.py.
 -- ours: touches only our tables and pgmq's, runs no one else's code
-SELECT target_id, rows, keys, oldest FROM embeddings_internal.inbox_pending(%(queue)s) ORDER BY target_id;
+SELECT target_id, rows, keys, oldest FROM embeddings_internal.inbox_pending(%(queue)s) ORDER BY target_id, lane;
 
 -- name: queue_depth
 -- Jobs in the queue, how many are visible now, and the age of the oldest in seconds; for a live
--- queue, the inbox's rows count as visible jobs (each becomes one or more when moved).
+-- queue, the inbox's rows its move sends to this lane count as visible jobs (each becomes one or
+-- more when moved).
 -- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT q.jobs + i.jobs, q.visible + i.jobs,
        coalesce(extract(epoch FROM clock_timestamp() - least(q.oldest, i.oldest)), 0)::float8
@@ -418,11 +433,12 @@ FROM (SELECT count(*) AS jobs, count(*) FILTER (WHERE vt <= clock_timestamp()) A
              min(enqueued_at) AS oldest
       FROM {queue_table}) q,
      (SELECT coalesce(sum(p.rows), 0) AS jobs, min(p.oldest) AS oldest
-      FROM embeddings_internal.inbox_pending(%(queue)s) p) i;
+      FROM embeddings_internal.inbox_pending(%(queue)s) p WHERE p.lane = %(queue)s) i;
 
 -- name: pending_keys
 -- Row keys waiting in the queue and its inbox (messages count their keys, in either of our
--- shapes: embeddings.message_key_count(), written out here; the inbox counts its own).
+-- shapes: embeddings.message_key_count(), written out here; the inbox counts its own, those
+-- its move sends to this lane).
 SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
                          WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array'
                          THEN jsonb_array_length(message -> 'columns' -> 0)
@@ -430,7 +446,8 @@ SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jso
                          THEN length(message -> 'columns' ->> 0)
                               - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
                          ELSE 1 END), 0)::bigint
-       + (SELECT coalesce(sum(p.keys), 0) FROM embeddings_internal.inbox_pending(%(queue)s) p)::bigint
+       + (SELECT coalesce(sum(p.keys), 0) FROM embeddings_internal.inbox_pending(%(queue)s) p
+          WHERE p.lane = %(queue)s)::bigint
 FROM {queue_table};
 
 -- name: load_content
@@ -1365,6 +1382,17 @@ SELECT pg_catalog.set_config('statement_timeout', {ms}, {local});
 -- ours: sets a setting, runs no one else's code
 SELECT pg_catalog.set_config('client_connection_check_interval', '1s', {local});
 
+-- name: session_idle_timeout
+-- After every session_reset, with our other settings: a transaction of ours left idle longer
+-- than {ms} ends with its session (idle_in_transaction_session_timeout), whatever the role or the
+-- database set. Ours never idle that long between two statements (no inference, no wait inside
+-- one: the longest gap measured in a write transaction was 0.59 s, two cores at load 9); a
+-- worker frozen inside one (SIGSTOP, `docker pause`, a cgroup freezer) otherwise holds its
+-- locks on the application's table and ours, and the vacuum horizon, until it is thawed
+-- ({local}: as session_lock_timeout's).
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('idle_in_transaction_session_timeout', {ms}, {local});
+
 -- name: statement_bound
 -- The statements that may run a table owner's code (its triggers, its content function) in
 -- a bounded block (worker/session_guard.py: bounded()) run at most {ms}: SET LOCAL, so the
@@ -1374,7 +1402,9 @@ SELECT pg_catalog.set_config('statement_timeout', {ms}, true);
 
 -- name: terminate_backend
 -- Ends our server session whose statement ran a table owner's code past its bound and caught
--- the cancel (worker/process/watchdog.py); a role may end its own sessions. The session is the
+-- the cancel (worker/process/watchdog.py); a role may end its own sessions. Only while it runs
+-- that statement: a session that finished it and waits for us to read its result (a worker whose
+-- process was paused past the bound, or starved of CPU) runs no one's code. The session is the
 -- server's (worker/server_session.py): pid %(pid)s, or behind a transaction pooler the one
 -- holding our transaction's marker (%(marker_1)s, %(marker_2)s), only while it runs that
 -- transaction: once it ended, the pooler may have handed the session to another client. The
@@ -1391,8 +1421,13 @@ WITH found AS MATERIALIZED (
     AND l.objid OPERATOR(pg_catalog.=) %(marker_2)s::pg_catalog.int8::pg_catalog.oid
     AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d
                                            WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+),
+running AS MATERIALIZED (  -- running the statement, not done and waiting for us (a late worker)
+  SELECT f.pid FROM found f JOIN pg_catalog.pg_stat_activity a ON a.pid OPERATOR(pg_catalog.=) f.pid
+  WHERE a.state OPERATOR(pg_catalog.=) 'active'
+    AND coalesce(a.wait_event_type, '') OPERATOR(pg_catalog.<>) 'Client'
 )
-SELECT f.pid FROM found f WHERE pg_catalog.pg_terminate_backend(f.pid);
+SELECT r.pid FROM running r WHERE pg_catalog.pg_terminate_backend(r.pid);
 
 -- name: list_failures
 -- The dead-lettered jobs, oldest first: of the targets %(targets)s and with the ids %(ids)s (NULL:

@@ -3,10 +3,10 @@
 For the session (`local` false), or behind a transaction pooler for the transaction alone
 (`local` true: `set_config(..., true)`): the pinned settings (`session_settings` in queries.sql:
 the search path, the formats psycopg reads, and the server pid or the transaction's marker,
-worker/server_session.py), the lock timeout and the connection check, the statement timeout, and
-a bound (a statement timeout local to the transaction, for a statement that runs someone else's
-code). One place builds them for both modes: a setting added to one cannot be missed in the
-other.
+worker/server_session.py), the bound of a transaction left idle, the lock timeout and the
+connection check, the statement timeout, and a bound (a statement timeout local to the
+transaction, for a statement that runs someone else's code). One place builds them for both
+modes: a setting added to one cannot be missed in the other.
 """
 
 from __future__ import annotations
@@ -19,6 +19,11 @@ from psycopg import sql
 from worker import queries
 
 CLIENT_CHECK_SINCE = 140000  # client_connection_check_interval: PostgreSQL 14
+# idle_in_transaction_session_timeout of our sessions (`session_idle_timeout` in queries.sql):
+# about 100 times the longest gap between two statements of a transaction of ours measured on a
+# loaded machine (0.59 s), and beyond EMBED_VT_SECONDS' default (30 s), after which a batch's
+# jobs are another worker's anyway.
+IDLE_IN_TRANSACTION_MS = 60_000
 
 
 class OurSettings:
@@ -48,7 +53,10 @@ class OurSettings:
         """To follow a RESET ALL (session_reset, or transaction_discard), in `conn`'s
         session (for its server version and its quoting)."""
         flag = sql.SQL("true" if local else "false")
-        parts = [self._pinned_statement(conn, local)]
+        parts = [
+            self._pinned_statement(conn, local),
+            setting(conn, "session_idle_timeout", IDLE_IN_TRANSACTION_MS, flag),
+        ]
         if lock_timeout_ms is not None:
             parts.append(setting(conn, "session_lock_timeout", lock_timeout_ms, flag))
             if conn.info.server_version >= CLIENT_CHECK_SINCE:

@@ -13,6 +13,7 @@ import psycopg
 from tests.integration.test_lanes import lane_keys
 from tests.support.fetch import fetch_value
 from tests.support.jobs import clear_queue
+from worker import queries
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -82,3 +83,34 @@ def test_single_rows_written_after_a_bulk_statement_are_embedded_before_its_back
         )
         # All but at most a batch (64) or two of the bulk statement's rows come after.
         assert after >= rows - 2 * 64, (probe, after)
+
+
+def test_status_and_the_gauges_count_a_bulk_statements_keys_in_the_inbox_as_backfill(
+    conn: Conn, tiny_models: tuple[str, str]
+) -> None:
+    """Before a move, as after it: the inbox's keys are counted in the lane the move sends them
+    to (a bulk statement's to the backfill lane), by status and by the worker's gauges (QA ops2,
+    finding 3: status showed a 50,000-row COPY as pending_live until a worker moved it)."""
+    watched(conn, tiny_models[0], "docs")
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'bulk' FROM generate_series(1, %s::int) g", (BULK + 1,)
+    )
+    conn.execute("INSERT INTO docs VALUES (%s, 'one row')", (BULK + 2,))
+    assert fetch_value(conn, "SELECT count(*) FROM embeddings.inbox") == 2
+    assert conn.execute(
+        "SELECT pending_jobs, pending_live, pending_backfill FROM embeddings.status"
+    ).fetchone() == (BULK + 2, 1, BULK + 1)
+    pending = {
+        lane: fetch_value(
+            conn,
+            queries.compose(
+                "pending_keys", queue_table=psycopg.sql.Identifier("pgmq", f"q_{lane}")
+            ),
+            {"queue": lane},
+        )
+        for lane in ("embedding_jobs", "embedding_jobs_backfill")
+    }
+    assert pending == {"embedding_jobs": 1, "embedding_jobs_backfill": BULK + 1}
+    # what `run --once` waits for: every row the live queue's move takes, both lanes'
+    inbox = conn.execute(queries.get("inbox_pending"), {"queue": "embedding_jobs"}).fetchall()
+    assert sum(keys for _, _, keys, _ in inbox) == BULK + 2

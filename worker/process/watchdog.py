@@ -6,7 +6,8 @@ enforces by cancelling the statement, and PL/pgSQL can catch a cancel (`EXCEPTIO
 query_canceled`): an owner's trigger or content function that catches it and goes on would hold
 the worker's writer, or its fetcher, for as long as it liked. So a thread of its own looks at the
 pipeline's connections every POLL_SECONDS (reading what each says it runs: no database), and
-ends the session of one whose bounded statement is GRACE_SECONDS past its bound, from a
+ends the session of one whose bounded statement is GRACE_SECONDS past its bound and that the
+server still runs (not one done and waiting for us: a late process's), from a
 short-lived connection of its own (pg_terminate_backend: a FATAL error, which no code can catch;
 a role may end its own sessions). The thread that ran the statement gets ConnectionLost, reads
 from its connection whose code it was (`ended_by`), and goes on with its batch on a new
@@ -33,6 +34,11 @@ logger = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
 GRACE_SECONDS = 0.25
+# A look this much later than POLL_SECONDS after the last: this process did not run meanwhile
+# (SIGSTOP, `docker pause`, a cgroup freezer, or starved of CPU), and what looks overdue now
+# may be our own lateness: a session that finished its statement, its result unread, is never
+# ended (terminate_backend in queries.sql ends only one still running it), and the pause is said.
+LATE_SECONDS = 1.0
 
 
 class Watchdog:
@@ -51,7 +57,16 @@ class Watchdog:
 
     def run(self, finished: threading.Event) -> None:
         """Looks every POLL_SECONDS until `finished`."""
+        looked = time.monotonic()
         while not finished.wait(POLL_SECONDS):
+            late, looked = time.monotonic() - looked - POLL_SECONDS, time.monotonic()
+            if late > LATE_SECONDS:
+                logger.warning(
+                    "watchdog: this process ran nothing for %.1f s (paused: SIGSTOP, docker"
+                    " pause, a cgroup freezer; or starved of CPU): a statement of ours that looks"
+                    " past its bound now ends its session only if the server still runs it",
+                    late,
+                )
             overdue = self.overdue()
             if overdue:
                 self.end(overdue)
@@ -90,7 +105,7 @@ class Watchdog:
                     watched.ended_by = label  # (before: its thread reads it once ended)
                     rows = conn.execute(queries.get("terminate_backend"), server.params())
                     pids = [int(pid) for (pid,) in rows.fetchall()]
-                    if not pids:  # (its statement and transaction ended meanwhile)
+                    if not pids:  # (its statement ended meanwhile, its result not read yet)
                         watched.ended_by = None
                         continue
                     ended += pids
