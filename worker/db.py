@@ -56,6 +56,17 @@ READ_ONLY_TRANSACTION = "25006"
 Connection = psycopg.Connection[Any]
 
 
+def our_conninfo(dsn: str, connect_timeout: int) -> str:
+    """`dsn` with what every session of ours connects with: our application name, the connect
+    timeout, and the client encoding (CLIENT_ENCODING says why)."""
+    return make_conninfo(
+        dsn,
+        application_name=APPLICATION_NAME,
+        connect_timeout=str(connect_timeout),
+        client_encoding=CLIENT_ENCODING,
+    )
+
+
 def connect(
     dsn: str,
     *,
@@ -74,12 +85,7 @@ def connect(
     transaction resets the server session it runs in and sets ours for itself alone
     (worker/session_guard.py)."""
     try:
-        conninfo = make_conninfo(
-            dsn,
-            application_name=APPLICATION_NAME,
-            connect_timeout=str(connect_timeout),
-            client_encoding=CLIENT_ENCODING,
-        )
+        conninfo = our_conninfo(dsn, connect_timeout)
         # No server-side prepared statements: behind a pooler in transaction mode (PgBouncer
         # before 1.21, or without max_prepared_statements) the next execution may reach a server
         # connection that never saw the PREPARE. Each of our statements serves a whole batch,
@@ -176,12 +182,7 @@ def pool(
     `open()`: a worker whose HTTP side never searches opens none. `per_transaction`: as
     connect()'s; such a connection is never `clean` (no session is ours between two
     transactions), so a search sends no statements of its own in one pipeline."""
-    conninfo = make_conninfo(
-        dsn,
-        application_name=APPLICATION_NAME,
-        connect_timeout="10",
-        client_encoding=CLIENT_ENCODING,
-    )
+    conninfo = our_conninfo(dsn, 10)
 
     def configure(conn: session_guard.GuardedConnection) -> None:
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED  # (as connect() says why)

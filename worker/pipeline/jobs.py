@@ -73,6 +73,7 @@ class Queue:
         self.home = home or name
         self.table = queries.queue_table(name)
         self._read_queries: dict[str, Any] = {}
+        self._read_stamp: sql.Composable | None = None  # (looked up once: _compose_read)
         # A backfill lane is read in turns between its targets: the target the last batch
         # ended with (read_jobs_by_target starts the next turn after it).
         self._after: int | None = None
@@ -112,12 +113,13 @@ class Queue:
         return rows
 
     def _compose_read(self, conn: db.Connection, name: str) -> Any:
-        # pgmq before 1.8 (what Supabase ships) has no last_read_at column.
-        row = conn.execute(
-            queries.get("queue_has_last_read_at"), {"queue_table": f"pgmq.q_{self.name}"}
-        ).fetchone()
-        stamp = sql.SQL(LAST_READ_STAMP if row and row[0] else "")
-        return queries.compose(name, queue_table=self.table, read_stamp=stamp)
+        if self._read_stamp is None:
+            # pgmq before 1.8 (what Supabase ships) has no last_read_at column.
+            row = conn.execute(
+                queries.get("queue_has_last_read_at"), {"queue_table": f"pgmq.q_{self.name}"}
+            ).fetchone()
+            self._read_stamp = sql.SQL(LAST_READ_STAMP if row and row[0] else "")
+        return queries.compose(name, queue_table=self.table, read_stamp=self._read_stamp)
 
     def extend(
         self, conn: db.Connection, leases: Mapping[int, datetime], vt: int
