@@ -14,8 +14,12 @@ from typing import IO
 
 # Jobs a worker on the default queue has still to do: its live queue's messages and the
 # triggers' inbox rows not yet moved into it (sql/22_inbox.sql).
+# Both lanes: a statement of more than embeddings.bulk_statement_rows rows (the benches' loads)
+# queues its keys in the backfill lane.
 QUEUED_JOBS = (
-    "SELECT (SELECT count(*) FROM pgmq.q_embedding_jobs) + (SELECT count(*) FROM embeddings.inbox)"
+    "SELECT (SELECT count(*) FROM pgmq.q_embedding_jobs)"
+    " + (SELECT count(*) FROM pgmq.q_embedding_jobs_backfill)"
+    " + (SELECT count(*) FROM embeddings.inbox)"
 )
 
 
